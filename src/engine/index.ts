@@ -1,0 +1,7 @@
+/** The engine: graph IR, ops with gradient rules, autodiff, ONNX writer and runtime. */
+export { Graph, Value, Node, defineOp, type Dim, type Shape } from './ir.js';
+export { grad } from './autodiff.js';
+export { toOnnx, OPSET } from './onnx.js';
+export { Runtime, CompiledGraph, defaultRuntime, type RuntimeOptions } from './runtime.js';
+export * as ops from './ops/index.js';
+export * as nn from './nn.js';

@@ -1,0 +1,90 @@
+/** Serialize the IR to an ONNX ModelProto (opset 18) with the onnx-proto definitions. */
+import onnxProto from 'onnx-proto';
+import { SparsetuneError } from '../errors.js';
+import type { DType, HostTensor } from '../tensor.js';
+import { opDef, type AttrValue, type Graph, type Value } from './ir.js';
+
+const { onnx } = onnxProto;
+
+export const OPSET = 18;
+
+const ELEM: Record<DType, number> = { f32: 1, u8: 2, i32: 6, i64: 7, bool: 9, f64: 11 };
+
+export function onnxElemType(d: DType): number {
+  return ELEM[d];
+}
+
+function tensorProto(name: string, t: HostTensor): onnxProto.onnx.ITensorProto {
+  const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  return { name, dims: t.shape, dataType: ELEM[t.dtype], rawData: bytes };
+}
+
+function valueInfo(v: Value, name: string, withShape: boolean): onnxProto.onnx.IValueInfoProto {
+  const dims = v.shape.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d }));
+  return { name, type: { tensorType: { elemType: ELEM[v.dtype], ...(withShape ? { shape: { dim: dims } } : {}) } } };
+}
+
+function attribute(name: string, a: AttrValue, op: string): onnxProto.onnx.IAttributeProto {
+  const T = onnx.AttributeProto.AttributeType;
+  if (op === 'Cast' && name === 'to') return { name, type: T.INT, i: ELEM[a as unknown as DType] };
+  if (typeof a === 'number') {
+    if (!Number.isInteger(a)) throw new SparsetuneError('BAD_GRAPH', `${op}.${name}: use {float: x} for float attributes`);
+    return { name, type: T.INT, i: a };
+  }
+  if (typeof a === 'string') return { name, type: T.STRING, s: new TextEncoder().encode(a) };
+  if (Array.isArray(a)) return { name, type: T.INTS, ints: a };
+  if ('float' in a) return { name, type: T.FLOAT, f: a.float };
+  if ('floats' in a) return { name, type: T.FLOATS, floats: a.floats };
+  return { name, type: T.TENSOR, t: tensorProto('', a) };
+}
+
+/**
+ * Build the ONNX bytes for a graph. Only nodes that some output depends on are emitted.
+ * Outputs carry only an element type: ORT infers their shapes.
+ */
+export function toOnnx(g: Graph): Uint8Array {
+  if (g.outputs.length === 0) throw new SparsetuneError('BAD_GRAPH', 'graph has no outputs; call graph.output(name, value)');
+  // Live set: walk back from outputs.
+  const live = new Set<number>();
+  const stack = g.outputs.map((o) => o.value);
+  const producerOf = new Map<number, (typeof g.nodes)[number]>();
+  for (const n of g.nodes) for (const o of n.outputs) producerOf.set(o.id, n);
+  while (stack.length) {
+    const v = stack.pop()!;
+    if (live.has(v.id)) continue;
+    live.add(v.id);
+    const p = producerOf.get(v.id);
+    if (p) for (const i of p.inputs) stack.push(i);
+  }
+
+  const nodes: onnxProto.onnx.INodeProto[] = [];
+  for (const n of g.nodes) {
+    if (!n.outputs.some((o) => live.has(o.id))) continue;
+    const def = opDef(n.op);
+    const opType = def.onnxOp ?? n.op;
+    const inputs = (n.op === 'StraightThrough' ? n.inputs.slice(0, 1) : n.inputs).map((v) => v.name);
+    const attribute_ = Object.entries(n.attrs)
+      .filter(([k]) => !k.startsWith('_'))
+      .map(([k, a]) => attribute(k, a, n.op));
+    nodes.push({ opType, domain: def.domain ?? '', input: inputs, output: n.outputs.map((o) => o.name), attribute: attribute_, name: `n${n.id}` });
+  }
+  // Graph outputs may alias inputs or each other: route through Identity with the output name.
+  const outputs: onnxProto.onnx.IValueInfoProto[] = [];
+  for (const o of g.outputs) {
+    nodes.push({ opType: 'Identity', input: [o.value.name], output: [o.name], name: `out_${o.name}` });
+    outputs.push(valueInfo(o.value, o.name, false));
+  }
+  const model: onnxProto.onnx.IModelProto = {
+    irVersion: 8,
+    producerName: 'sparsetune',
+    opsetImport: [{ domain: '', version: OPSET }],
+    graph: {
+      name: g.name,
+      node: nodes,
+      input: g.inputs.filter((v) => live.has(v.id)).map((v) => valueInfo(v, v.name, true)),
+      output: outputs,
+      initializer: g.constants.filter((c) => live.has(c.value.id)).map((c) => tensorProto(c.value.name, c.tensor)),
+    },
+  };
+  return onnx.ModelProto.encode(onnx.ModelProto.create(model)).finish();
+}

@@ -1,0 +1,142 @@
+/**
+ * Run graphs on onnxruntime-node. Sessions are cached by the ONNX bytes' hash (symbolic
+ * batch/sequence dims, so one session serves every size). Inputs are JS-owned typed arrays
+ * wrapped without copying: on CPU, ORT reads weight buffers in place.
+ */
+import { createHash } from 'node:crypto';
+import ort from 'onnxruntime-node';
+import { SparsetuneError } from '../errors.js';
+import { numel, type DType, type HostTensor } from '../tensor.js';
+import type { Graph, Value } from './ir.js';
+import { toOnnx } from './onnx.js';
+
+export interface RuntimeOptions {
+  /** Intra-op threads (default: SPARSETUNE_THREADS or the number of cores, capped by ORT). */
+  threads?: number;
+  /** Execution providers in order of preference (default ['cpu']). */
+  executionProviders?: string[];
+}
+
+const ORT_TYPE: Record<DType, ort.Tensor.Type> = { f32: 'float32', f64: 'float64', i32: 'int32', i64: 'int64', bool: 'bool', u8: 'uint8' };
+const FROM_ORT: Partial<Record<string, DType>> = { float32: 'f32', float64: 'f64', int32: 'i32', int64: 'i64', bool: 'bool', uint8: 'u8' };
+
+/** A compiled graph: run it with feeds keyed by input name. */
+export class CompiledGraph {
+  constructor(
+    readonly session: ort.InferenceSession,
+    readonly inputs: { name: string; dtype: DType; shape: (number | string)[] }[],
+    readonly outputNames: string[],
+  ) {}
+
+  /** Run the graph. Feeds are validated (names, dtypes, lengths, consistent symbolic dims) first. */
+  async run(feeds: Record<string, HostTensor>, fetch?: string[]): Promise<Record<string, HostTensor>> {
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    const sym = new Map<string, number>();
+    for (const spec of this.inputs) {
+      const t = feeds[spec.name];
+      if (!t) throw new SparsetuneError('BAD_FEED', `missing input '${spec.name}' (${spec.dtype}[${spec.shape.join(', ')}])`);
+      if (t.dtype !== spec.dtype) throw new SparsetuneError('BAD_FEED', `input '${spec.name}': dtype ${t.dtype}, graph expects ${spec.dtype}`);
+      if (t.shape.length !== spec.shape.length) {
+        throw new SparsetuneError('BAD_FEED', `input '${spec.name}': shape [${t.shape}] has rank ${t.shape.length}, graph expects [${spec.shape.join(', ')}]`);
+      }
+      spec.shape.forEach((d, k) => {
+        const got = t.shape[k];
+        if (typeof d === 'number') {
+          if (got !== d) throw new SparsetuneError('BAD_FEED', `input '${spec.name}': axis ${k} is ${got}, graph expects ${d}`);
+        } else if (!d.includes('*') && !d.includes('+')) {
+          const prev = sym.get(d);
+          if (prev !== undefined && prev !== got) {
+            throw new SparsetuneError('BAD_FEED', `input '${spec.name}': symbolic dim '${d}' is ${got} here but ${prev} in another input`);
+          }
+          sym.set(d, got);
+        }
+      });
+      if (t.data.length !== numel(t.shape)) {
+        throw new SparsetuneError('BAD_FEED', `input '${spec.name}': buffer has ${t.data.length} elements, shape [${t.shape}] needs ${numel(t.shape)}`);
+      }
+      ortFeeds[spec.name] = new ort.Tensor(ORT_TYPE[t.dtype], t.data as never, t.shape);
+    }
+    let results: ort.InferenceSession.ReturnType;
+    try {
+      results = fetch ? await this.session.run(ortFeeds, fetch) : await this.session.run(ortFeeds);
+    } catch (e) {
+      throw new SparsetuneError('RUNTIME', `onnxruntime failed: ${(e as Error).message}`, { cause: e });
+    }
+    const out: Record<string, HostTensor> = {};
+    for (const [name, t] of Object.entries(results)) {
+      const dtype = FROM_ORT[t.type];
+      if (!dtype) throw new SparsetuneError('RUNTIME', `output '${name}' has unsupported type ${t.type}`);
+      out[name] = { dtype, shape: [...t.dims], data: t.data as never };
+    }
+    return out;
+  }
+}
+
+/** Owns the session cache and the ORT options. */
+export class Runtime {
+  private cache = new Map<string, Promise<CompiledGraph>>();
+  readonly threads: number;
+  readonly executionProviders: string[];
+
+  constructor(opts: RuntimeOptions = {}) {
+    const env = Number(process.env.SPARSETUNE_THREADS);
+    this.threads = opts.threads ?? (Number.isFinite(env) && env > 0 ? env : 0);
+    this.executionProviders = opts.executionProviders ?? ['cpu'];
+  }
+
+  /** Compile (or fetch from cache) the session for a graph. */
+  compile(g: Graph): Promise<CompiledGraph> {
+    const bytes = toOnnx(g);
+    const key = createHash('sha256').update(bytes).digest('hex');
+    let p = this.cache.get(key);
+    if (!p) {
+      p = this.create(bytes, g);
+      this.cache.set(key, p);
+      p.catch(() => this.cache.delete(key));
+    }
+    return p;
+  }
+
+  private async create(bytes: Uint8Array, g: Graph): Promise<CompiledGraph> {
+    let session: ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(bytes, {
+        executionProviders: this.executionProviders,
+        intraOpNumThreads: this.threads || undefined,
+        interOpNumThreads: 1,
+        // ORT's fusions (e.g. QuickGelu) only have f32 kernels: keep f64 graphs (gradient checks) unfused.
+        graphOptimizationLevel: g.inputs.some((v) => v.dtype === 'f64') ? 'basic' : 'all',
+        logSeverityLevel: 3,
+      });
+    } catch (e) {
+      throw new SparsetuneError('RUNTIME', `onnxruntime rejected the graph '${g.name}': ${(e as Error).message}`, { cause: e });
+    }
+    const used = new Set(session.inputNames);
+    const inputs = g.inputs.filter((v: Value) => used.has(v.name)).map((v) => ({ name: v.name, dtype: v.dtype, shape: v.shape }));
+    return new CompiledGraph(session, inputs, [...session.outputNames]);
+  }
+
+  /** Number of cached sessions (for tests and metrics). */
+  get cachedSessions(): number {
+    return this.cache.size;
+  }
+
+  async dispose(): Promise<void> {
+    const all = [...this.cache.values()];
+    this.cache.clear();
+    for (const p of all) {
+      try {
+        await (await p).session.release();
+      } catch {
+        // already released or failed to build: nothing to free
+      }
+    }
+  }
+}
+
+let shared: Runtime | null = null;
+/** The process-wide default runtime. */
+export function defaultRuntime(): Runtime {
+  shared ??= new Runtime();
+  return shared;
+}
