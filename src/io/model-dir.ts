@@ -1,0 +1,204 @@
+/**
+ * Hugging Face model directories: load (config, weights, tokenizer, generation defaults)
+ * and write (config.json + model.safetensors + tokenizer files), plus the path of the
+ * model bundled with the package.
+ */
+import { existsSync, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { SparsetuneError } from '../errors.js';
+import type { HostTensor } from '../tensor.js';
+import { parseModelConfig, type ModelConfig } from './config.js';
+import { resolveModelDir, type ResolveOptions } from './hub.js';
+import { readSafetensors, writeSafetensors } from './safetensors.js';
+import { readShardedSafetensors } from './safetensors-index.js';
+import { Tokenizer } from './tokenizer.js';
+
+/** Sampling defaults from generation_config.json (falling back to config.json ids). */
+export interface GenerationDefaults {
+  bosTokenId?: number;
+  eosTokenId?: number[];
+  maxNewTokens?: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  repetitionPenalty?: number;
+}
+
+export interface LoadedModel {
+  dir: string;
+  config: ModelConfig;
+  /** HF parameter names -> f32 tensors (empty when loaded with `weights: false`). */
+  weights: Map<string, HostTensor<'f32'>>;
+  tokenizer: Tokenizer | null;
+  generation: GenerationDefaults;
+}
+
+const generationSchema = z.object({
+  bos_token_id: z.number().int().nonnegative().nullable().optional(),
+  eos_token_id: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullable().optional(),
+  max_new_tokens: z.number().int().positive().nullable().optional(),
+  temperature: z.number().nonnegative().nullable().optional(),
+  top_p: z.number().positive().max(1).nullable().optional(),
+  top_k: z.number().int().nonnegative().nullable().optional(),
+  repetition_penalty: z.number().positive().nullable().optional(),
+});
+
+/** Tokenizer-side files copied along with a model. */
+const TOKENIZER_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+  'tokenizer.model',
+  'chat_template.jinja',
+  'generation_config.json',
+];
+
+async function readJsonFile(file: string): Promise<unknown | undefined> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new SparsetuneError('NOT_FOUND', `${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new SparsetuneError('BAD_CONFIG', `${file}: invalid JSON (${(err as Error).message})`);
+  }
+}
+
+function toF32(t: HostTensor): HostTensor<'f32'> {
+  if (t.dtype === 'f32') return t as HostTensor<'f32'>;
+  // Integer/f64 tensors in checkpoints are rare buffers; the model code works in f32.
+  const data = new Float32Array(t.data.length);
+  for (let i = 0; i < data.length; i++) data[i] = Number(t.data[i]);
+  return { dtype: 'f32', shape: t.shape, data };
+}
+
+async function loadWeights(dir: string): Promise<Map<string, HostTensor<'f32'>>> {
+  const single = path.join(dir, 'model.safetensors');
+  const index = path.join(dir, 'model.safetensors.index.json');
+  let tensors: Map<string, HostTensor>;
+  if (existsSync(single)) tensors = (await readSafetensors(single)).tensors;
+  else if (existsSync(index)) tensors = (await readShardedSafetensors(index)).tensors;
+  else {
+    throw new SparsetuneError('NOT_FOUND', `${dir}: no model.safetensors or model.safetensors.index.json (only safetensors weights are supported; convert .bin/.pt checkpoints first)`);
+  }
+  const out = new Map<string, HostTensor<'f32'>>();
+  for (const [name, t] of tensors) out.set(name, toF32(t));
+  return out;
+}
+
+async function loadGeneration(dir: string, config: ModelConfig): Promise<GenerationDefaults> {
+  const file = path.join(dir, 'generation_config.json');
+  const json = await readJsonFile(file);
+  const parsed = generationSchema.safeParse(json ?? {});
+  if (!parsed.success) {
+    throw new SparsetuneError('BAD_CONFIG', `${file}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  }
+  const g = parsed.data;
+  const eos = g.eos_token_id ?? config.eosTokenId;
+  const out: GenerationDefaults = {};
+  const bos = g.bos_token_id ?? config.bosTokenId;
+  if (bos != null) out.bosTokenId = bos;
+  if (eos != null) out.eosTokenId = Array.isArray(eos) ? eos : [eos];
+  if (g.max_new_tokens != null) out.maxNewTokens = g.max_new_tokens;
+  if (g.temperature != null) out.temperature = g.temperature;
+  if (g.top_p != null) out.topP = g.top_p;
+  if (g.top_k != null) out.topK = g.top_k;
+  if (g.repetition_penalty != null) out.repetitionPenalty = g.repetition_penalty;
+  return out;
+}
+
+/**
+ * Load a model from a directory or hub id: config.json (validated), weights as f32
+ * (single or sharded safetensors; skip with `weights: false`), tokenizer (null when the
+ * directory has no tokenizer.json) and generation defaults.
+ */
+export async function loadModel(ref: string, opts: { weights?: boolean } & ResolveOptions = {}): Promise<LoadedModel> {
+  const dir = await resolveModelDir(ref, opts);
+  const configFile = path.join(dir, 'config.json');
+  const configJson = await readJsonFile(configFile);
+  if (configJson === undefined) throw new SparsetuneError('NOT_FOUND', `${dir}: no config.json; is this a Hugging Face model directory?`);
+  const config = parseModelConfig(configJson, configFile);
+  const weights = opts.weights === false ? new Map<string, HostTensor<'f32'>>() : await loadWeights(dir);
+  const tokenizer = existsSync(path.join(dir, 'tokenizer.json')) ? await Tokenizer.fromDir(dir) : null;
+  const generation = await loadGeneration(dir, config);
+  return { dir, config, weights, tokenizer, generation };
+}
+
+/**
+ * Write a standard HF model directory. Everything is written into a sibling temp dir that
+ * is renamed into place, so `outDir` is never half-written. A non-empty `outDir` is only
+ * replaced with `overwrite: true`.
+ */
+export async function writeModelDir(
+  outDir: string,
+  m: { configJson: Record<string, unknown>; weights: Map<string, HostTensor<'f32'>>; tokenizerFrom?: string },
+  opts: { overwrite?: boolean; dtypes?: Record<string, 'F32' | 'F16' | 'BF16'> } = {},
+): Promise<void> {
+  const target = path.resolve(outDir);
+  let existing: string[] | undefined;
+  try {
+    existing = await fsp.readdir(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new SparsetuneError('BAD_ARGUMENT', `${target}: exists and is not a readable directory`);
+    }
+  }
+  if (existing && existing.length > 0 && !opts.overwrite) {
+    throw new SparsetuneError('BAD_ARGUMENT', `${target} is not empty; choose another output directory or pass overwrite`);
+  }
+  await fsp.mkdir(path.dirname(target), { recursive: true });
+  const tmp = `${target}.tmp-${randomBytes(6).toString('hex')}`;
+  await fsp.mkdir(tmp);
+  try {
+    await fsp.writeFile(path.join(tmp, 'config.json'), `${JSON.stringify(m.configJson, null, 2)}\n`);
+    await writeSafetensors(path.join(tmp, 'model.safetensors'), m.weights, { metadata: { format: 'pt' }, dtypes: opts.dtypes });
+    if (m.tokenizerFrom) {
+      for (const f of TOKENIZER_FILES) {
+        const src = path.join(m.tokenizerFrom, f);
+        if (existsSync(src)) await fsp.copyFile(src, path.join(tmp, f));
+      }
+    }
+    if (existing) {
+      // Move the old directory aside first so a failure leaves one of the two intact.
+      const old = `${target}.old-${randomBytes(6).toString('hex')}`;
+      await fsp.rename(target, old);
+      await fsp.rename(tmp, target);
+      await fsp.rm(old, { recursive: true, force: true });
+    } else {
+      await fsp.rename(tmp, target);
+    }
+  } catch (err) {
+    await fsp.rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** Directory of this module: ESM builds and tsx have import.meta.url, the CJS bundle __dirname. */
+function moduleDir(): string {
+  const url = typeof import.meta === 'object' ? import.meta.url : undefined;
+  if (url) return path.dirname(fileURLToPath(url));
+  return typeof __dirname === 'string' ? __dirname : process.cwd();
+}
+
+/**
+ * Absolute path of a model shipped in the package (`<package root>/models/<name>`),
+ * found by walking up from this module (src/io/ under tsx, dist/ when built).
+ */
+export function bundledModelPath(name: 'stories260K' = 'stories260K'): string {
+  let dir = moduleDir();
+  for (;;) {
+    const candidate = path.join(dir, 'models', name);
+    if (existsSync(path.join(dir, 'package.json')) && existsSync(path.join(candidate, 'config.json'))) return candidate;
+    const parent = path.dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  throw new SparsetuneError('NOT_FOUND', `bundled model "${name}" not found above ${moduleDir()}; the package install is incomplete`);
+}
