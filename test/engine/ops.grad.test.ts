@@ -33,6 +33,8 @@ describe('gradients of element-wise ops (f64, finite differences)', () => {
   un('Tanh', op.tanh);
   un('Sigmoid', op.sigmoid);
   un('Relu', op.relu);
+  un('Cos', op.cos);
+  un('Sin', op.sin);
   un('Abs', op.abs);
   it('Erf (f32, no f64 kernel in ORT)', () =>
     gradCheck({ dtype: 'f32', inputs: [{ name: 'x', shape: [4, 5], feed: [4, 5] }], build: ([x]) => op.erf(x), eps: 1e-2, tol: 1e-2 }));

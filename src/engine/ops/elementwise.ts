@@ -65,6 +65,8 @@ export const log = (x: Value): Value => un('Log', x);
 export const tanh = (x: Value): Value => un('Tanh', x);
 export const sigmoid = (x: Value): Value => un('Sigmoid', x);
 export const erf = (x: Value): Value => un('Erf', x);
+export const cos = (x: Value): Value => un('Cos', x);
+export const sin = (x: Value): Value => un('Sin', x);
 export const relu = (x: Value): Value => un('Relu', x);
 export const abs = (x: Value): Value => un('Abs', x);
 export const sign = (x: Value): Value => un('Sign', x);
@@ -151,6 +153,8 @@ defineOp('Erf', {
   infer: unaryInfer('Erf'),
   grad: grad1((g, x) => mul(g, mul(exp(neg(mul(x, x))), 2 / Math.sqrt(Math.PI)))),
 });
+defineOp('Cos', { infer: unaryInfer('Cos'), grad: grad1((g, x) => neg(mul(g, sin(x)))) });
+defineOp('Sin', { infer: unaryInfer('Sin'), grad: grad1((g, x) => mul(g, cos(x))) });
 defineOp('Relu', { infer: unaryInfer('Relu'), grad: grad1((g, x) => where(greater(x, 0), g, 0)) });
 defineOp('Abs', { infer: unaryInfer('Abs', false), grad: grad1((g, x) => mul(g, sign(x))) });
 defineOp('Sign', { infer: unaryInfer('Sign', false), noGrad: true });
