@@ -119,14 +119,40 @@ export class CausalLM {
     return built;
   }
 
+  /**
+   * Run the architecture's forward pass inside an existing graph (e.g. a second stochastic
+   * pass for MoSA, or a frozen-base pass for a KL term). Base parameters are shared
+   * between passes of the same graph.
+   */
+  forward(g: Graph, inputs: { ids: Value; positions: Value; mask: Value }, hooks: ModelHooks = {}): ForwardResult {
+    return this.arch.forward(this.context(g, hooks), this.config, inputs);
+  }
+
+  private rawParams = new WeakMap<Graph, Map<string, Value>>();
+
+  /** The graph input holding base parameter `name` (declared once per graph). */
+  paramInput(g: Graph, name: string): Value {
+    let raw = this.rawParams.get(g);
+    if (!raw) {
+      raw = new Map();
+      this.rawParams.set(g, raw);
+    }
+    let v = raw.get(name);
+    if (!v) {
+      const w = this.weights.get(name);
+      if (!w) throw new SparsetuneError('BAD_CONFIG', `parameter '${name}' is not in the model weights`);
+      v = g.input(name, 'f32', w.shape);
+      raw.set(name, v);
+    }
+    return v;
+  }
+
   private context(g: Graph, hooks: ModelHooks): BuildContext {
     const params = new Map<string, Value>();
     const param = (name: string): Value => {
       let v = params.get(name);
       if (!v) {
-        const w = this.weights.get(name);
-        if (!w) throw new SparsetuneError('BAD_CONFIG', `parameter '${name}' is not in the model weights`);
-        v = g.input(name, 'f32', w.shape);
+        v = this.paramInput(g, name);
         if (hooks.param) v = hooks.param(name, v, g);
         params.set(name, v);
       }

@@ -212,6 +212,17 @@ defineOp('StraightThrough', {
   grad: ({ dOut }) => [null, dOut[0]],
 });
 
+/** Uniform [0, 1) noise shaped like x, drawn by onnxruntime on every run (dropout). */
+export const randomUniformLike = (x: Value): Value => x.graph.add('RandomUniformLike', [x])[0];
+defineOp('RandomUniformLike', { infer: (i) => [{ dtype: i[0].dtype, shape: [...i[0].shape] }], noGrad: true });
+
+/** Inverted dropout with keep probability 1 - p (identity when p = 0). */
+export function dropout(x: Value, p: number): Value {
+  if (p <= 0) return x;
+  const keep = cast(less(randomUniformLike(x), 1 - p), x.dtype);
+  return mul(x, mul(keep, 1 / (1 - p)));
+}
+
 /** Sum of all elements (a scalar). */
 export function sumAll(x: Value): Value {
   return reduceSum(x, x.shape.map((_, i) => i), false);

@@ -1,0 +1,108 @@
+/**
+ * LoRA, the low-rank baseline: y = W x + s · B(A(dropout(x))), s = alpha / r (or alpha /
+ * sqrt(r) with rsLoRA). PEFT naming and init: A Kaiming-uniform, B zeros.
+ */
+import { z } from 'zod';
+import { SparsetuneError } from '../errors.js';
+import { dropout, mul } from '../engine/ops/index.js';
+import { linear } from '../engine/nn.js';
+import { fingerprintWeights } from '../merge/fingerprint.js';
+import { newAdapter, type Adapter, type LowRankPair } from '../merge/types.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import type { LinearSite, ModelHooks } from '../models/hooks.js';
+import type { Method, TrainableParam } from '../train/method.js';
+import { initRng, kaimingUniform, paramValue, selectSites, zodMessage } from './common.js';
+
+export const loraConfigSchema = z.object({
+  r: z.number().int().positive().default(8),
+  alpha: z.number().positive().default(16),
+  targetModules: z.union([z.array(z.string()).min(1), z.string()]).default(['q_proj', 'v_proj']),
+  dropout: z.number().min(0).max(0.9).default(0),
+  useRslora: z.boolean().default(false),
+  seed: z.number().int().default(0),
+});
+export type LoraConfig = z.infer<typeof loraConfigSchema>;
+
+export interface LoraPair {
+  site: LinearSite;
+  A: TrainableParam;
+  B: TrainableParam;
+}
+
+/** Create LoRA pairs on the chosen sites (shared by LoRA-based methods such as GS-LoRA and PAT). */
+export function createLoraPairs(model: CausalLM, prefix: string, targets: string[] | string, r: number, seed: number): LoraPair[] {
+  const rand = initRng(seed);
+  return selectSites(model, targets).map((site) => ({
+    site,
+    A: { name: `${prefix}.${site.name}.lora_A`, shape: [r, site.inFeatures], data: kaimingUniform(r * site.inFeatures, site.inFeatures, rand), decay: true },
+    B: { name: `${prefix}.${site.name}.lora_B`, shape: [site.outFeatures, r], data: new Float32Array(site.outFeatures * r), decay: true },
+  }));
+}
+
+/** Linear hook adding s · B(A(dropout(x))) on the pairs' sites. */
+export function loraHooks(pairs: LoraPair[], scale: number, dropoutP: number): ModelHooks {
+  const bySite = new Map(pairs.map((p) => [p.site.name, p]));
+  return {
+    linear: (site, x, base, g) => {
+      const y = base(x);
+      const p = bySite.get(site.name);
+      if (!p) return y;
+      const h = linear(linear(dropout(x, dropoutP), paramValue(g, p.A)), paramValue(g, p.B));
+      return g.add('Add', [y, mul(h, scale)])[0];
+    },
+  };
+}
+
+/** Export pairs as a `lowrank` adapter keyed by weight name (Conv1D sites stored transposed-equivalently). */
+export function exportLoraPairs(pairs: LoraPair[], scale: number, meta: { method: string; model: CausalLM; config: Record<string, unknown> }): Adapter {
+  const a = newAdapter({ method: meta.method, kind: 'lowrank', base: { model: meta.model.source, fingerprint: fingerprintWeights(meta.model.weights) }, config: meta.config });
+  for (const p of pairs) {
+    const r = p.A.shape[0];
+    let pair: LowRankPair;
+    if (p.site.layout === 'out_in') {
+      pair = { A: { dtype: 'f32', shape: [...p.A.shape], data: p.A.data.slice() }, B: { dtype: 'f32', shape: [...p.B.shape], data: p.B.data.slice() }, scale };
+    } else {
+      // W[in, out] += s (B A)^T = s A^T B^T: store B' = A^T [in, r], A' = B^T [r, out].
+      const inF = p.site.inFeatures;
+      const outF = p.site.outFeatures;
+      const At = new Float32Array(inF * r);
+      const Bt = new Float32Array(r * outF);
+      for (let i = 0; i < r; i++) for (let j = 0; j < inF; j++) At[j * r + i] = p.A.data[i * inF + j];
+      for (let o = 0; o < outF; o++) for (let i = 0; i < r; i++) Bt[i * outF + o] = p.B.data[o * r + i];
+      pair = { A: { dtype: 'f32', shape: [r, outF], data: Bt }, B: { dtype: 'f32', shape: [inF, r], data: At }, scale };
+    }
+    a.lowrank.set(p.site.weightName, pair);
+  }
+  return a;
+}
+
+export class LoraMethod implements Method {
+  readonly name = 'lora';
+  readonly kind = 'lowrank' as const;
+  readonly config: LoraConfig;
+  readonly pairs: LoraPair[];
+  readonly scale: number;
+
+  constructor(
+    readonly model: CausalLM,
+    config: z.input<typeof loraConfigSchema> = {},
+  ) {
+    const parsed = loraConfigSchema.safeParse(config);
+    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('lora', parsed.error.issues));
+    this.config = parsed.data;
+    this.scale = this.config.useRslora ? this.config.alpha / Math.sqrt(this.config.r) : this.config.alpha / this.config.r;
+    this.pairs = createLoraPairs(model, 'lora', this.config.targetModules, this.config.r, this.config.seed);
+  }
+
+  params(): TrainableParam[] {
+    return this.pairs.flatMap((p) => [p.A, p.B]);
+  }
+
+  hooks(mode: 'train' | 'eval'): ModelHooks {
+    return loraHooks(this.pairs, this.scale, mode === 'train' ? this.config.dropout : 0);
+  }
+
+  export(model: CausalLM): Adapter {
+    return exportLoraPairs(this.pairs, this.scale, { method: this.name, model, config: { ...this.config } });
+  }
+}

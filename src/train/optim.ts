@@ -1,0 +1,106 @@
+/** Optimizers (AdamW with decoupled weight decay, SGD with momentum) and LR schedules. */
+import { z } from 'zod';
+import type { TrainableParam } from './method.js';
+
+export const optimizerSchema = z.object({
+  type: z.enum(['adamw', 'sgd']).default('adamw'),
+  lr: z.number().positive().finite().default(1e-3),
+  weightDecay: z.number().nonnegative().default(0),
+  beta1: z.number().min(0).max(1).default(0.9),
+  beta2: z.number().min(0).max(1).default(0.999),
+  eps: z.number().positive().default(1e-8),
+  momentum: z.number().min(0).max(1).default(0.9),
+});
+export type OptimizerConfig = z.infer<typeof optimizerSchema>;
+
+export interface OptimizerState {
+  t: number;
+  m: Float32Array[];
+  v: Float32Array[];
+}
+
+/** Updates params in place from gradients; one state slot per param. */
+export class Optimizer {
+  private t = 0;
+  private m: Float32Array[];
+  private v: Float32Array[];
+
+  constructor(
+    readonly params: TrainableParam[],
+    readonly cfg: OptimizerConfig,
+  ) {
+    this.m = params.map((p) => new Float32Array(p.data.length));
+    this.v = cfg.type === 'adamw' ? params.map((p) => new Float32Array(p.data.length)) : [];
+  }
+
+  /** One update with learning rate `lr`; grads[i] belongs to params[i] (null = no gradient this step). */
+  step(grads: (Float32Array | null)[], lr: number): void {
+    this.t++;
+    const { beta1, beta2, eps, weightDecay, momentum } = this.cfg;
+    const bc1 = 1 - beta1 ** this.t;
+    const bc2 = 1 - beta2 ** this.t;
+    this.params.forEach((p, k) => {
+      const g = grads[k];
+      if (!g) return;
+      const w = p.data;
+      const plr = lr * (p.lrScale ?? 1);
+      const wd = p.decay ? weightDecay : 0;
+      const m = this.m[k];
+      if (this.cfg.type === 'adamw') {
+        const v = this.v[k];
+        for (let i = 0; i < w.length; i++) {
+          const gi = g[i];
+          m[i] = beta1 * m[i] + (1 - beta1) * gi;
+          v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+          w[i] -= plr * (m[i] / bc1 / (Math.sqrt(v[i] / bc2) + eps) + wd * w[i]);
+        }
+      } else {
+        for (let i = 0; i < w.length; i++) {
+          m[i] = momentum * m[i] + g[i] + wd * w[i];
+          w[i] -= plr * m[i];
+        }
+      }
+    });
+  }
+
+  state(): OptimizerState {
+    return { t: this.t, m: this.m, v: this.v };
+  }
+
+  loadState(s: OptimizerState): void {
+    this.t = s.t;
+    s.m.forEach((a, k) => this.m[k].set(a));
+    s.v.forEach((a, k) => this.v[k].set(a));
+  }
+}
+
+export const scheduleSchema = z.object({
+  type: z.enum(['constant', 'linear', 'cosine']).default('cosine'),
+  warmupSteps: z.number().int().nonnegative().default(0),
+  /** Final LR as a fraction of the peak (cosine/linear). */
+  minRatio: z.number().min(0).max(1).default(0.1),
+});
+export type ScheduleConfig = z.infer<typeof scheduleSchema>;
+
+/** LR at `step` (0-based) of `total` steps: linear warmup, then constant, linear or cosine decay. */
+export function scheduledLr(peak: number, step: number, total: number, s: ScheduleConfig): number {
+  if (s.warmupSteps > 0 && step < s.warmupSteps) return (peak * (step + 1)) / s.warmupSteps;
+  if (s.type === 'constant') return peak;
+  const span = Math.max(1, total - s.warmupSteps);
+  const p = Math.min(1, (step - s.warmupSteps) / span);
+  const min = peak * s.minRatio;
+  if (s.type === 'linear') return peak - (peak - min) * p;
+  return min + 0.5 * (peak - min) * (1 + Math.cos(Math.PI * p));
+}
+
+/** Scale gradients so their global L2 norm is at most maxNorm; returns the norm before clipping. */
+export function clipGlobalNorm(grads: (Float32Array | null)[], maxNorm: number): number {
+  let sq = 0;
+  for (const g of grads) if (g) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+  const norm = Math.sqrt(sq);
+  if (maxNorm > 0 && norm > maxNorm) {
+    const s = maxNorm / (norm + 1e-6);
+    for (const g of grads) if (g) for (let i = 0; i < g.length; i++) g[i] *= s;
+  }
+  return norm;
+}
