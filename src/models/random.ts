@@ -1,0 +1,83 @@
+/** Randomly initialised models from a HF config (benchmarks and tests at sizes we do not ship). */
+import { parseModelConfig } from '../io/config.js';
+import type { HostTensor } from '../tensor.js';
+import { defaultRuntime, type Runtime } from '../engine/runtime.js';
+import { CausalLM } from './causal-lm.js';
+import { architectureOf } from './registry.js';
+
+/** Shapes of every parameter of an architecture, derived from its sites and norms. */
+function paramShapes(model: { names: string[] }, cfg: ReturnType<typeof parseModelConfig>): Map<string, number[]> {
+  const shapes = new Map<string, number[]>();
+  const arch = architectureOf(cfg);
+  for (const s of arch.sites(cfg)) {
+    shapes.set(s.weightName, s.layout === 'out_in' ? [s.outFeatures, s.inFeatures] : [s.inFeatures, s.outFeatures]);
+    if (s.biasName) shapes.set(s.biasName, [s.outFeatures]);
+  }
+  for (const n of model.names) {
+    if (shapes.has(n)) continue;
+    if (n.endsWith('embed_tokens.weight') || n === 'transformer.wte.weight') shapes.set(n, [cfg.vocabSize, cfg.hiddenSize]);
+    else if (n === 'transformer.wpe.weight') shapes.set(n, [cfg.maxPositionEmbeddings, cfg.hiddenSize]);
+    else shapes.set(n, [cfg.hiddenSize]); // norms and their biases
+  }
+  return shapes;
+}
+
+/**
+ * A model with N(0, std) weights (norm weights 1, biases 0) for the given HF config JSON.
+ * Deterministic for a seed.
+ */
+export function randomModel(configJson: Record<string, unknown>, opts: { seed?: number; std?: number; runtime?: Runtime } = {}): CausalLM {
+  const cfg = parseModelConfig(configJson, 'random config');
+  const arch = architectureOf(cfg);
+  const names = arch.paramNames(cfg);
+  const shapes = paramShapes({ names }, cfg);
+  let s = ((opts.seed ?? 0) ^ 0x1234567) >>> 0 || 1;
+  const rand = () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 2 ** 32;
+  };
+  const std = opts.std ?? 0.02;
+  const weights = new Map<string, HostTensor<'f32'>>();
+  for (const n of names) {
+    const shape = shapes.get(n)!;
+    const size = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(size);
+    const isNorm = /norm|ln_/.test(n);
+    if (isNorm) data.fill(n.endsWith('.bias') ? 0 : 1);
+    else if (!n.endsWith('.bias')) for (let i = 0; i < size; i++) data[i] = (rand() + rand() + rand() - 1.5) * 2 * std; // ~N(0, std)
+    weights.set(n, { dtype: 'f32', shape, data });
+  }
+  return new CausalLM(cfg, weights, null, {}, `random:${cfg.modelType}`, opts.runtime ?? defaultRuntime());
+}
+
+/** The ~30M-parameter Llama config used by the benchmarks (hidden 384, 8 layers, 6 heads, vocab 32000). */
+export const LLAMA_30M = {
+  model_type: 'llama',
+  vocab_size: 32000,
+  hidden_size: 384,
+  intermediate_size: 1024,
+  num_hidden_layers: 8,
+  num_attention_heads: 6,
+  num_key_value_heads: 6,
+  max_position_embeddings: 1024,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: true,
+};
+
+/** A ~135M-parameter Llama config (SmolLM-135M geometry). */
+export const LLAMA_135M = {
+  model_type: 'llama',
+  vocab_size: 49152,
+  hidden_size: 576,
+  intermediate_size: 1536,
+  num_hidden_layers: 30,
+  num_attention_heads: 9,
+  num_key_value_heads: 3,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: true,
+};
