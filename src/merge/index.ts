@@ -1,0 +1,10 @@
+/** Adapter files and their algebra: format, fingerprints, fuse/unfuse, compose, PEFT interop. */
+export * from './adapter.js';
+export * from './bits.js';
+export * from './validate.js';
+export * from './fingerprint.js';
+export * from './apply.js';
+export * from './compose.js';
+export * from './peft.js';
+export { canonicalSum, lowRankProduct, reduceAdapter, type ParamEdit } from './reduce.js';
+export { adapterJsonSchema, type AdapterJson } from './codec.js';
