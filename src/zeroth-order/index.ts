@@ -1,0 +1,10 @@
+/** Zeroth-order (forward-only) optimizers: MeZO and Sparse-MeZO, their generator and trajectories. */
+export { fillNormal, normalAt, uniform01, randomUint32, philox4x32, DOMAIN_NORMAL, DOMAIN_SEED, DOMAIN_UNIFORM } from './rng.js';
+export type { TrainableTensor } from './rng.js';
+export { zoConfigSchema, resolveZoConfig, DEFAULT_CHUNK } from './config.js';
+export type { ZoConfig, ResolvedZoConfig } from './config.js';
+export { ZerothOrderOptimizer, replayTrajectory, deriveStepSeed } from './mezo.js';
+export type { ZoStepRecord, ZoStepResult } from './mezo.js';
+export { kthSmallestMagnitude, sparseMezoThreshold } from './thresholds.js';
+export { saveTrajectory, loadTrajectory, zoTrajectoryFileSchema, ZO_TRAJECTORY_FORMAT } from './trajectory.js';
+export type { ZoTrajectoryFile } from './trajectory.js';

@@ -1,0 +1,99 @@
+/**
+ * Trajectory files: the complete record of a zeroth-order run (config + one (step, seed, g, lr)
+ * record per sample), a few dozen bytes per step, that `replayTrajectory` turns back into the
+ * trained weights from the base weights.
+ *
+ * Format: { "format": "sparsetune.zo-trajectory/1", "config": ZoConfig, "steps": [...] }.
+ * JSON numbers round-trip float64 exactly, so a saved g replays to the same bits.
+ */
+import { randomBytes } from 'node:crypto';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { z } from 'zod';
+import { SparsetuneError } from '../errors.js';
+import { zoConfigSchema, type ZoConfig } from './config.js';
+import type { ZoStepRecord } from './mezo.js';
+
+export const ZO_TRAJECTORY_FORMAT = 'sparsetune.zo-trajectory/1';
+
+/** Contents of a trajectory file. */
+export interface ZoTrajectoryFile {
+  format: typeof ZO_TRAJECTORY_FORMAT;
+  config: ZoConfig;
+  steps: ZoStepRecord[];
+}
+
+const stepRecordSchema = z
+  .object({
+    step: z.number().int().min(0),
+    seed: z.number().int().min(0).max(0xffffffff),
+    projectedGrad: z.number(),
+    lr: z.number().positive(),
+  })
+  .strict();
+
+/** Schema of a trajectory file. */
+export const zoTrajectoryFileSchema = z
+  .object({
+    format: z.literal(ZO_TRAJECTORY_FORMAT),
+    config: zoConfigSchema,
+    steps: z.array(stepRecordSchema),
+  })
+  .strict();
+
+/** Writes a trajectory file atomically (temp file in the same directory, fsync, rename). */
+export async function saveTrajectory(path: string, config: ZoConfig, steps: readonly ZoStepRecord[]): Promise<void> {
+  const file: ZoTrajectoryFile = {
+    format: ZO_TRAJECTORY_FORMAT,
+    config,
+    steps: steps.map((s) => ({ step: s.step, seed: s.seed, projectedGrad: s.projectedGrad, lr: s.lr })),
+  };
+  // Refuse to write what could not be loaded back (e.g. a NaN gradient would become null).
+  const checked = zoTrajectoryFileSchema.safeParse(file);
+  if (!checked.success) {
+    throw new SparsetuneError('BAD_ARGUMENT', `Refusing to save an invalid trajectory: ${formatIssues(checked.error)}.`);
+  }
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const handle = await open(tmp, 'w');
+    try {
+      await handle.writeFile(JSON.stringify(file) + '\n', 'utf8');
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw new SparsetuneError('RUNTIME', `Could not write trajectory file ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Reads and validates a trajectory file. */
+export async function loadTrajectory(path: string): Promise<ZoTrajectoryFile> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'RUNTIME';
+    throw new SparsetuneError(code, `Could not read trajectory file ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new SparsetuneError('BAD_DATA', `Trajectory file ${path} is not valid JSON (${(err as Error).message}); it may be truncated or not a trajectory.`, { cause: err });
+  }
+  const parsed = zoTrajectoryFileSchema.safeParse(json);
+  if (!parsed.success) {
+    throw new SparsetuneError('BAD_DATA', `Trajectory file ${path} is invalid: ${formatIssues(parsed.error)}. Expected format "${ZO_TRAJECTORY_FORMAT}".`);
+  }
+  return parsed.data as ZoTrajectoryFile;
+}
+
+function formatIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 5)
+    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
+    .join('; ');
+}
