@@ -102,7 +102,7 @@ export class Runtime {
     try {
       session = await ort.InferenceSession.create(bytes, {
         executionProviders: this.executionProviders,
-        intraOpNumThreads: this.threads || undefined,
+        ...(this.threads ? { intraOpNumThreads: this.threads } : {}),
         interOpNumThreads: 1,
         // ORT's fusions (e.g. QuickGelu) only have f32 kernels: keep f64 graphs (gradient checks) unfused.
         graphOptimizationLevel: g.inputs.some((v) => v.dtype === 'f64') ? 'basic' : 'all',
