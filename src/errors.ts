@@ -17,7 +17,13 @@ export type ErrorCode =
   | 'FINGERPRINT_MISMATCH'
   | 'BAD_ARGUMENT'
   | 'TRAINING_DIVERGED'
-  | 'RUNTIME';
+  | 'RUNTIME'
+  // Serving (src/serve): mapped to HTTP 429, 403, 409, 401, 503.
+  | 'QUEUE_FULL'
+  | 'FORBIDDEN'
+  | 'CONFLICT'
+  | 'UNAUTHORIZED'
+  | 'UNAVAILABLE';
 
 export class SparsetuneError extends Error {
   readonly code: ErrorCode;

@@ -282,3 +282,8 @@ export const summary = 'MoSA: parallel MLP adapters split into K sparse modules 
 export function createMethod(model: CausalLM, config: unknown): MosaMethod {
   return new MosaMethod(model, config as never);
 }
+
+/** Registry hook: MoSA adapters run unfused (a parallel branch cannot be folded into a weight). */
+export function adapterHooks(model: CausalLM, adapter: Adapter): { hooks: ModelHooks; feeds: Record<string, HostTensor> } {
+  return MosaMethod.fromAdapter(model, adapter);
+}

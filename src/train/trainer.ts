@@ -13,7 +13,7 @@ import { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
 import { defaultObjective, type GradMap, type Method, type StepContext, type TrainableParam } from './method.js';
-import { clipGlobalNorm, Optimizer, optimizerSchema, scheduledLr, scheduleSchema } from './optim.js';
+import { clipGlobalNorm, Optimizer, optimizerSchema, scheduledLr, scheduleSchema, type OptimizerState } from './optim.js';
 
 export const trainerConfigSchema = z.object({
   steps: z.number().int().positive().default(100),
@@ -33,7 +33,12 @@ export type TrainerConfig = z.infer<typeof trainerConfigSchema>;
 export type TrainerConfigInput = z.input<typeof trainerConfigSchema>;
 
 export interface StepLog {
+  /** 1-based step within the current phase. */
   step: number;
+  /** 0-based training phase (methods with `nextPhase`); absent means phase 0. */
+  phase?: number;
+  /** 1-based step counted over all phases. */
+  globalStep?: number;
   loss: number;
   lr: number;
   gradNorm: number;
@@ -48,9 +53,17 @@ export interface EvalResult {
   tokens: number;
 }
 
+export type EvalKind = 'initial' | 'periodic' | 'final';
+
 export interface TrainerCallbacks {
   onStep?(log: StepLog): void | Promise<void>;
-  onEval?(step: number, result: EvalResult): void | Promise<void>;
+  /** `kind`: the baseline before training, a periodic one (evalEvery), or the one after training. */
+  onEval?(step: number, result: EvalResult, kind?: EvalKind): void | Promise<void>;
+  /**
+   * After a step's log and its periodic evaluation, if any: the trainer's state is
+   * consistent here, so this is where checkpoints are taken (`trainer.captureState()`).
+   */
+  onStepEnd?(log: StepLog): void | Promise<void>;
 }
 
 export interface TrainResult {
@@ -58,7 +71,33 @@ export interface TrainResult {
   initialEval?: EvalResult;
   finalEval?: EvalResult;
   history: StepLog[];
+  /** Why training ended before its last step (`requestStop` reason), if it did. */
+  stoppedEarly?: string;
 }
+
+/**
+ * Everything needed to continue a run exactly where it stopped: step and phase, the
+ * position in the data order, the trainable tensors, the optimizer moments and the
+ * method's own state. Arrays are copies, safe to keep while training goes on.
+ */
+export interface TrainerState {
+  /** Step within the current phase (number of completed optimizer steps). */
+  step: number;
+  phase: number;
+  /** Steps completed in earlier phases. */
+  stepsBefore: number;
+  /** Data position: epoch and the number of batches already drawn from it. */
+  epoch: number;
+  batchInEpoch: number;
+  config: TrainerConfig;
+  params: { name: string; shape: number[]; data: Float32Array }[];
+  optimizer: OptimizerState | null;
+  methodState?: Record<string, unknown>;
+  initialEval?: EvalResult;
+}
+
+/** Trainer config fields that change the trajectory; a resumed run must match them. */
+const TRAJECTORY_FIELDS = ['steps', 'batchSize', 'gradAccum', 'optimizer', 'schedule', 'clipNorm', 'seed'] as const;
 
 /** Mix a run seed and a step into a 31-bit seed (methods use it for noise and dropout). */
 export function stepSeed(seed: number, step: number): number {
@@ -82,6 +121,15 @@ export class Trainer {
   private evalHooks: ModelHooks;
   optimizer: Optimizer | null = null;
   step = 0;
+  /** 0-based phase (see Method.nextPhase) and the steps completed in earlier phases. */
+  phase = 0;
+  stepsBefore = 0;
+  /** Position in the seeded data order: epoch, and batches already drawn from it. */
+  epoch = 0;
+  batchInEpoch = 0;
+  private stopReason: string | null = null;
+  private pendingResume: TrainerState | null = null;
+  private initialEval: EvalResult | undefined;
 
   constructor(
     readonly model: CausalLM,
@@ -128,6 +176,82 @@ export class Trainer {
     return out;
   }
 
+  /** Ask the loop to stop after the current step (early stopping, Ctrl-C); `train` then evaluates and returns. */
+  requestStop(reason: string): void {
+    this.stopReason ??= reason;
+  }
+
+  /** The pending stop reason, or null while training goes on. */
+  get stopRequested(): string | null {
+    return this.stopReason;
+  }
+
+  /** A copy of the state needed to resume exactly (see TrainerState). */
+  captureState(): TrainerState {
+    const params = this.method.params().map((p) => ({ name: p.name, shape: [...p.shape], data: p.data.slice() }));
+    const opt = this.optimizer?.state();
+    return {
+      step: this.step,
+      phase: this.phase,
+      stepsBefore: this.stepsBefore,
+      epoch: this.epoch,
+      batchInEpoch: this.batchInEpoch,
+      config: structuredClone(this.cfg),
+      params,
+      optimizer: opt ? { t: opt.t, m: opt.m.map((a) => a.slice()), v: opt.v.map((a) => a.slice()) } : null,
+      methodState: this.method.state ? structuredClone(this.method.state()) : undefined,
+      initialEval: this.initialEval,
+    };
+  }
+
+  /**
+   * Continue from a captured state on the next `train` call (same data, fresh method
+   * instance built with the same config). The trajectory-defining config (steps, batch
+   * size, accumulation, optimizer, schedule, clipping, seed) must match, else the result
+   * would not be the run that was interrupted.
+   */
+  resumeFrom(state: TrainerState): void {
+    const differs = TRAJECTORY_FIELDS.filter((k) => JSON.stringify(state.config[k]) !== JSON.stringify(this.cfg[k]));
+    if (differs.length) {
+      const detail = differs.map((k) => `${k}: checkpoint ${JSON.stringify(state.config[k])}, now ${JSON.stringify(this.cfg[k])}`).join('; ');
+      throw new SparsetuneError('BAD_ARGUMENT', `cannot resume: the trainer settings differ from the checkpoint (${detail}); rerun with the original settings`);
+    }
+    this.pendingResume = state;
+  }
+
+  /** Put a captured state back: method state first (it may change the param set), then tensors. */
+  private async applyResume(state: TrainerState): Promise<CompiledObjective> {
+    if (state.methodState !== undefined) {
+      if (!this.method.loadState) throw new SparsetuneError('BAD_ARGUMENT', `cannot resume: the checkpoint holds state for method ${this.method.name}, which cannot load state`);
+      this.method.loadState(structuredClone(state.methodState));
+    }
+    this.step = state.step;
+    this.phase = state.phase;
+    this.stepsBefore = state.stepsBefore;
+    this.epoch = state.epoch;
+    this.batchInEpoch = state.batchInEpoch;
+    this.initialEval = state.initialEval;
+    this.objective = null; // the param set may differ from the one compiled before loadState
+    const obj = await this.compileObjective();
+    const saved = new Map(state.params.map((p) => [p.name, p]));
+    for (const p of obj.params) {
+      const s = saved.get(p.name);
+      if (!s) throw new SparsetuneError('BAD_ARGUMENT', `cannot resume: the checkpoint has no tensor '${p.name}' (was it written by another method or config?)`);
+      if (s.data.length !== p.data.length) {
+        throw new SparsetuneError('SHAPE_MISMATCH', `cannot resume: tensor '${p.name}' has ${s.data.length} values in the checkpoint, ${p.data.length} now`);
+      }
+      p.data.set(s.data);
+    }
+    this.optimizer = new Optimizer(obj.params, this.cfg.optimizer);
+    if (state.optimizer) {
+      if (state.optimizer.m.length !== obj.params.length) {
+        throw new SparsetuneError('SHAPE_MISMATCH', `cannot resume: the checkpoint's optimizer has ${state.optimizer.m.length} slots, the method has ${obj.params.length} params`);
+      }
+      this.optimizer.loadState(state.optimizer);
+    }
+    return obj;
+  }
+
   /** Held-out loss and perplexity with the method applied (deterministic feeds). */
   async evaluate(data: TokenizedExample[]): Promise<EvalResult> {
     if (data.length === 0) throw new SparsetuneError('BAD_DATA', 'evaluation set is empty');
@@ -148,30 +272,50 @@ export class Trainer {
     return { loss, ppl: Math.exp(loss), tokens };
   }
 
-  /** Train for cfg.steps optimizer steps (cycling through the data in seeded epochs). */
+  /**
+   * Train for cfg.steps optimizer steps (cycling through the data in seeded epochs), or
+   * continue a run given to `resumeFrom`.
+   */
   async train(train: TokenizedExample[], evalData?: TokenizedExample[]): Promise<TrainResult> {
     if (train.length === 0) throw new SparsetuneError('BAD_DATA', 'training set is empty');
     let { compiled, params, extraNames, metricNames } = await this.compileObjective();
     const result: TrainResult = { steps: 0, history: [] };
     await this.method.beforeTraining?.(this.ctx(this.cfg.optimizer.lr));
-    if (evalData?.length) {
-      result.initialEval = await this.evaluate(evalData);
-      await this.callbacks.onEval?.(0, result.initialEval);
+    const resume = this.pendingResume;
+    this.pendingResume = null;
+    if (resume) {
+      ({ compiled, params, extraNames, metricNames } = await this.applyResume(resume));
+      result.initialEval = this.initialEval;
+    } else if (evalData?.length) {
+      result.initialEval = this.initialEval = await this.evaluate(evalData);
+      await this.callbacks.onEval?.(0, result.initialEval, 'initial');
     }
     const padId = this.model.tokenizer?.padId ?? 0;
-    let epoch = 0;
-    let iter = batches(train, this.cfg.batchSize, { seed: this.cfg.seed, epoch, padId });
+    const epochBatches = () => batches(train, this.cfg.batchSize, { seed: this.cfg.seed, epoch: this.epoch, padId });
+    let iter = epochBatches();
+    // Resuming mid-epoch: the order is a pure function of (seed, epoch), so skip what was drawn.
+    for (let k = 0; k < this.batchInEpoch; k++) {
+      if (iter.next().done) {
+        this.epoch++;
+        this.batchInEpoch = 0;
+        iter = epochBatches();
+        break;
+      }
+    }
     const nextBatch = () => {
       let r = iter.next();
       if (r.done) {
-        iter = batches(train, this.cfg.batchSize, { seed: this.cfg.seed, epoch: ++epoch, padId });
+        this.epoch++;
+        this.batchInEpoch = 0;
+        iter = epochBatches();
         r = iter.next();
       }
+      this.batchInEpoch++;
       return r.value!;
     };
     this.optimizer ??= new Optimizer(params, this.cfg.optimizer);
     for (;;) {
-      while (this.step < this.cfg.steps) {
+      while (this.step < this.cfg.steps && !this.stopReason) {
         const lr = scheduledLr(this.cfg.optimizer.lr, this.step, this.cfg.steps, this.cfg.schedule);
         const ctx = this.ctx(lr);
         const t0 = performance.now();
@@ -220,18 +364,30 @@ export class Trainer {
         this.optimizer.step(acc, lr);
         await this.method.afterStep?.(ctx);
         const seconds = (performance.now() - t0) / 1000;
-        const log: StepLog = { step: this.step + 1, loss: lossSum / this.cfg.gradAccum, lr, gradNorm, tokens, tokensPerSecond: tokens / seconds, metrics };
+        const log: StepLog = {
+          step: this.step + 1,
+          phase: this.phase,
+          globalStep: this.stepsBefore + this.step + 1,
+          loss: lossSum / this.cfg.gradAccum,
+          lr,
+          gradNorm,
+          tokens,
+          tokensPerSecond: tokens / seconds,
+          metrics,
+        };
         result.history.push(log);
         this.step++;
         await this.callbacks.onStep?.(log);
         if (evalData?.length && this.cfg.evalEvery && this.step % this.cfg.evalEvery === 0 && this.step < this.cfg.steps) {
-          await this.callbacks.onEval?.(this.step, await this.evaluate(evalData));
+          await this.callbacks.onEval?.(this.step, await this.evaluate(evalData), 'periodic');
         }
+        await this.callbacks.onStepEnd?.(log);
       }
-      if (this.method.nextPhase && (await this.method.nextPhase(this.ctx(0)))) {
+      if (!this.stopReason && this.method.nextPhase && (await this.method.nextPhase(this.ctx(0)))) {
         // New phase (e.g. LT-SFT's sparse retraining): fresh optimizer and schedule over the
         // method's current params.
-        result.steps += this.step;
+        this.stepsBefore += this.step;
+        this.phase++;
         this.step = 0;
         this.objective = null;
         ({ compiled, params, extraNames, metricNames } = await this.compileObjective());
@@ -240,11 +396,13 @@ export class Trainer {
       }
       break;
     }
-    result.steps += this.step;
+    result.steps = this.stepsBefore + this.step;
+    if (this.stopReason) result.stoppedEarly = this.stopReason;
     if (evalData?.length) {
       result.finalEval = await this.evaluate(evalData);
-      await this.callbacks.onEval?.(this.step, result.finalEval);
+      await this.callbacks.onEval?.(this.step, result.finalEval, 'final');
     }
+    this.stopReason = null; // consumed: a later train() call runs normally
     return result;
   }
 }
