@@ -24,6 +24,7 @@ const loaders: Record<string, () => Promise<MethodModule>> = {
   maskllm: () => import('../masks/maskllm.js'),
   ramt: () => import('../masks/ramt.js'),
   'lt-sft': () => import('../masks/lt-sft.js'),
+  full: () => import('../adapters/full.js'),
 };
 
 export const METHOD_NAMES = Object.keys(loaders);

@@ -1,0 +1,98 @@
+/**
+ * Loading the base model and putting adapters on it for the inference commands (eval,
+ * logits, generate, merge). Adapters are fused into the loaded weights with WeightPatcher
+ * (fingerprint checked unless forced); a method whose adapters must run unfused (e.g.
+ * MoSA) exports `adapterHooks(model, adapter)` from its registry module, and then its
+ * hooks and feeds are used instead.
+ */
+import { bundledModelPath } from '../io/model-dir.js';
+import { CausalLM } from '../models/causal-lm.js';
+import { composeHooks, type ModelHooks } from '../models/hooks.js';
+import { loadAdapter } from '../merge/adapter.js';
+import { WeightPatcher } from '../merge/apply.js';
+import { checkFingerprint, fingerprintWeights } from '../merge/fingerprint.js';
+import type { Adapter } from '../merge/types.js';
+import { METHOD_NAMES, methodModule } from '../train/registry.js';
+import type { HostTensor } from '../tensor.js';
+
+/** Optional export of a method module: run an adapter as hooks instead of fusing it. */
+export type AdapterHooksFn = (
+  model: CausalLM,
+  adapter: Adapter,
+) => { hooks: ModelHooks; feeds?: Record<string, HostTensor> } | Promise<{ hooks: ModelHooks; feeds?: Record<string, HostTensor> }>;
+
+/** Where status lines go (stderr for the CLI, so stdout stays clean for results). */
+export type Log = (line: string) => void;
+
+/** `--model` as given, or the model bundled with the package. */
+export function modelRef(flag: string | undefined): string {
+  return flag ?? bundledModelPath();
+}
+
+/** Load a model dir or hub id, saying so on the log. */
+export async function loadCliModel(ref: string | undefined, log: Log): Promise<CausalLM> {
+  const r = modelRef(ref);
+  log(`loading model ${r}`);
+  return CausalLM.load(r);
+}
+
+export interface AppliedAdapters {
+  adapters: Adapter[];
+  /** Hooks/feeds for adapters that run unfused (empty when all were fused). */
+  hooks?: ModelHooks;
+  extraFeeds?: Record<string, HostTensor>;
+  patcher: WeightPatcher;
+  /** Directories of the adapters that run as hooks (not fused). */
+  unfused: string[];
+  /** Fingerprint of the weights before any adapter was applied. */
+  baseFingerprint: string;
+}
+
+async function hooksFor(method: string): Promise<AdapterHooksFn | undefined> {
+  if (!METHOD_NAMES.includes(method)) return undefined;
+  try {
+    const mod = (await methodModule(method)) as unknown as { adapterHooks?: AdapterHooksFn };
+    return typeof mod.adapterHooks === 'function' ? mod.adapterHooks : undefined;
+  } catch {
+    // The method's module is not available in this build: the adapter can still be fused.
+    return undefined;
+  }
+}
+
+/** Load adapter directories and apply them to `model` (fused in place, or as hooks). */
+export async function applyAdapters(model: CausalLM, dirs: readonly string[], opts: { force?: boolean; log: Log }): Promise<AppliedAdapters> {
+  const baseFingerprint = fingerprintWeights(model.weights);
+  const patcher = new WeightPatcher(model.weights, { fingerprint: baseFingerprint });
+  const shapes = new Map([...model.weights].map(([k, v]) => [k, v.shape]));
+  const adapters: Adapter[] = [];
+  const hookSets: ModelHooks[] = [];
+  const feeds: Record<string, HostTensor> = {};
+  const unfusedDirs: string[] = [];
+  for (const dir of dirs) {
+    const adapter = await loadAdapter(dir, { shapes });
+    adapters.push(adapter);
+    if (opts.force && !checkFingerprint(adapter, baseFingerprint, { force: true })) {
+      opts.log(`warning: ${dir} was trained on other base weights; applying it anyway (--force)`);
+    }
+    const unfused = await hooksFor(adapter.meta.method);
+    if (unfused) {
+      checkFingerprint(adapter, baseFingerprint, { force: opts.force });
+      const { hooks, feeds: f } = await unfused(model, adapter);
+      hookSets.push(hooks);
+      Object.assign(feeds, f ?? {});
+      unfusedDirs.push(dir);
+      opts.log(`adapter ${dir}: ${adapter.meta.method} (${adapter.meta.kind}), unfused`);
+    } else {
+      patcher.apply(adapter, { force: opts.force, fingerprint: baseFingerprint });
+      opts.log(`adapter ${dir}: ${adapter.meta.method} (${adapter.meta.kind}), fused`);
+    }
+  }
+  return {
+    adapters,
+    patcher,
+    unfused: unfusedDirs,
+    baseFingerprint,
+    hooks: hookSets.length ? composeHooks(hookSets) : undefined,
+    extraFeeds: hookSets.length ? feeds : undefined,
+  };
+}

@@ -1,0 +1,45 @@
+/** `sparsetune logits`: the logits of every position for a list of token ids, as JSON. */
+import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
+import { applyAdapters, loadCliModel } from '../adapters.js';
+import { log, printJson } from '../output.js';
+
+export const spec: CommandSpec = {
+  name: 'logits',
+  summary: 'Print the logits of every position as JSON: {"ids", "shape": [T, V], "logits": [[...V] x T]}.',
+  usage: 'logits --ids 1,2,3 [--model M] [--adapter DIR ...]',
+  flags: {
+    model: { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' },
+    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply (repeat to combine)' },
+    ids: { type: 'string', value: 'LIST', description: 'comma-separated token ids, e.g. 1,403,407', required: true },
+    force: { type: 'boolean', description: 'apply adapters even if trained on other base weights' },
+  },
+};
+
+/** Parse "1, 2,3" into ids; anything else is a usage error naming the bad item. */
+export function parseIds(text: string): number[] {
+  const parts = text.split(',').map((s) => s.trim());
+  if (parts.length === 0 || parts.every((p) => p === '')) throw new UsageError('logits', '--ids needs at least one token id, e.g. --ids 1,403,407');
+  return parts.map((p, i) => {
+    if (!/^\d+$/.test(p)) throw new UsageError('logits', `--ids item ${i + 1} is '${p}', not a non-negative integer`);
+    return Number(p);
+  });
+}
+
+/** Run `sparsetune logits`. */
+export async function run(argv: string[]): Promise<void> {
+  if (wantsHelp(argv)) return void process.stdout.write(formatHelp(spec));
+  const f = parseCommand(spec, argv);
+  const ids = parseIds(f.required('ids'));
+  const model = await loadCliModel(f.str('model'), log);
+  const bad = ids.find((t) => t >= model.vocabSize);
+  if (bad !== undefined) throw new UsageError('logits', `--ids: token id ${bad} is outside the vocabulary (0..${model.vocabSize - 1})`);
+  if (ids.length > model.config.maxPositionEmbeddings) {
+    throw new UsageError('logits', `--ids has ${ids.length} tokens, more than the model's max_position_embeddings (${model.config.maxPositionEmbeddings})`);
+  }
+  const applied = await applyAdapters(model, f.list('adapter'), { force: f.bool('force'), log });
+  const out = await model.logits([ids], { hooks: applied.hooks, extraFeeds: applied.extraFeeds });
+  const [, T, V] = out.shape;
+  const rows: number[][] = [];
+  for (let t = 0; t < T; t++) rows.push(Array.from(out.data.subarray(t * V, (t + 1) * V)));
+  printJson({ ids, shape: [T, V], logits: rows });
+}

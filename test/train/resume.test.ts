@@ -1,0 +1,103 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CausalLM } from '../../src/models/causal-lm.js';
+import { LoraMethod } from '../../src/adapters/lora.js';
+import type { TokenizedExample } from '../../src/io/datasets.js';
+import { Trainer, type TrainerConfigInput } from '../../src/train/trainer.js';
+import { runTraining } from '../../src/train/run.js';
+import { readMetrics } from '../../src/train/metrics.js';
+import { CheckpointManager, loadCheckpoint } from '../../src/train/checkpoint.js';
+
+const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'models', 'llama-gqa');
+
+/** Seeded token sequences of varied length (so batches need padding and epochs wrap). */
+function syntheticData(n: number, vocab: number, seed: number): TokenizedExample[] {
+  let s = seed;
+  const rand = () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  return Array.from({ length: n }, (_, i) => {
+    const ids = Array.from({ length: 8 + (i % 5) }, () => 3 + Math.floor(rand() * (vocab - 3)));
+    return { inputIds: ids, labels: [...ids] };
+  });
+}
+
+const LORA = { r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 3 };
+const CFG: TrainerConfigInput = {
+  steps: 6,
+  batchSize: 2,
+  gradAccum: 2,
+  optimizer: { lr: 1e-2, weightDecay: 0.01 },
+  schedule: { type: 'cosine', warmupSteps: 1 },
+  evalEvery: 2,
+  seed: 5,
+};
+
+describe('checkpoints and exact resume', () => {
+  it('an interrupted then resumed run reproduces the uninterrupted losses and params bit for bit', async () => {
+    const model = await CausalLM.load(FIXTURE);
+    const data = syntheticData(7, model.vocabSize, 11);
+    const evalSet = syntheticData(3, model.vocabSize, 99);
+
+    const full = new LoraMethod(model, LORA);
+    const reference = await new Trainer(model, full, CFG).train(data, evalSet);
+    expect(reference.history).toHaveLength(6);
+
+    const out = mkdtempSync(join(tmpdir(), 'sparsetune-resume-'));
+    const stop = new AbortController();
+    const first = await runTraining({
+      model,
+      method: new LoraMethod(model, LORA),
+      trainer: CFG,
+      train: data,
+      eval: evalSet,
+      outDir: out,
+      checkpointEvery: 4,
+      signal: stop.signal,
+      callbacks: { onStep: (log) => void (log.globalStep === 3 && stop.abort()) },
+    });
+    expect(first.stoppedEarly).toBe('interrupted');
+    expect(first.history.map((h) => h.loss)).toEqual(reference.history.slice(0, 3).map((h) => h.loss));
+    expect((await new CheckpointManager(join(out, 'checkpoints')).list()).map((c) => c.step)).toEqual([3]);
+
+    const resumedMethod = new LoraMethod(model, LORA);
+    const second = await runTraining({ model, method: resumedMethod, trainer: CFG, train: data, eval: evalSet, outDir: out, checkpointEvery: 4, resume: true });
+    expect(second.resumedFrom).toBe(3);
+    expect(second.history.map((h) => h.globalStep)).toEqual([4, 5, 6]);
+    second.history.forEach((h, k) => expect(Object.is(h.loss, reference.history[3 + k].loss)).toBe(true));
+    expect(second.finalEval!.loss).toBe(reference.finalEval!.loss);
+    const want = full.params();
+    resumedMethod.params().forEach((p, k) => expect(Buffer.from(p.data.buffer).equals(Buffer.from(want[k].data.buffer))).toBe(true));
+
+    // metrics.jsonl reads like one run: every step once, in order, the same losses.
+    const lines = await readMetrics(join(out, 'metrics.jsonl'));
+    const trainLines = lines.filter((l) => l.type === 'train');
+    expect(trainLines.map((l) => l.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(trainLines.map((l) => l.loss)).toEqual(reference.history.map((h) => h.loss));
+    expect(lines.filter((l) => l.type === 'eval').map((l) => l.step)).toEqual([0, 2, 4, 6]);
+
+    // The final checkpoint holds the optimizer moments the trainer ended with.
+    const last = await loadCheckpoint(second.lastCheckpoint!);
+    expect(last.state.step).toBe(6);
+    expect(last.state.optimizer!.t).toBe(6);
+    expect((await new CheckpointManager(join(out, 'checkpoints')).list()).map((c) => c.step)).toEqual([4, 6]);
+  });
+
+  it('refuses to resume with different trainer settings or data, naming what differs', async () => {
+    const model = await CausalLM.load(FIXTURE);
+    const data = syntheticData(6, model.vocabSize, 1);
+    const out = mkdtempSync(join(tmpdir(), 'sparsetune-resume-bad-'));
+    await runTraining({ model, method: new LoraMethod(model, LORA), trainer: { ...CFG, steps: 2 }, train: data, holdout: 0, outDir: out });
+    await expect(
+      runTraining({ model, method: new LoraMethod(model, LORA), trainer: { ...CFG, steps: 2, batchSize: 3 }, train: data, holdout: 0, outDir: out, resume: true }),
+    ).rejects.toThrow(/batchSize: checkpoint 2, now 3/);
+    await expect(
+      runTraining({ model, method: new LoraMethod(model, LORA), trainer: { ...CFG, steps: 2 }, train: data.slice(1), holdout: 0, outDir: out, resume: true }),
+    ).rejects.toThrow(/training data/);
+    await expect(
+      runTraining({ model, method: new LoraMethod(model, { ...LORA, r: 2 }), trainer: { ...CFG, steps: 2 }, train: data, holdout: 0, outDir: out, resume: true }),
+    ).rejects.toThrow(/method config differs/);
+    const empty = mkdtempSync(join(tmpdir(), 'sparsetune-resume-none-'));
+    await expect(runTraining({ model, method: new LoraMethod(model, LORA), trainer: CFG, train: data, outDir: empty, resume: true })).rejects.toThrow(/no checkpoint/);
+  });
+});
