@@ -28,7 +28,7 @@ export function numel(shape: readonly number[]): number {
 
 export function f32(shape: number[], data?: Float32Array | number[]): HostTensor<'f32'> {
   const n = numel(shape);
-  const arr = data instanceof Float32Array ? data : new Float32Array(data ?? n);
+  const arr = data instanceof Float32Array ? data : data ? Float32Array.from(data) : new Float32Array(n);
   if (arr.length !== n) throw new Error(`f32(): shape [${shape}] needs ${n} values, got ${arr.length}`);
   return { dtype: 'f32', shape, data: arr };
 }

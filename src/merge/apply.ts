@@ -25,15 +25,23 @@ export interface AppliedHandle {
 
 interface AppliedRecord {
   handle: AppliedHandle;
-  edits: Map<string, ParamEdit>;
+  /** Per parameter: this adapter's canonical edit and the elements it touches. */
+  params: Map<string, RecordParam>;
+}
+
+interface RecordParam {
+  edit: ParamEdit;
+  /** Sorted elements the edit touches (delta and mask), or null for all of them. */
+  touched: Int32Array | null;
 }
 
 interface ParamState {
-  name: string;
   weight: Float32Array;
   store: PristineStore;
-  /** Applied records touching this parameter, in application order. */
+  /** Applied records touching this parameter, in application order... */
   records: AppliedRecord[];
+  /** ...and their edits of it (same positions), so recomputing needs no Map lookups. */
+  edits: ParamEdit[];
 }
 
 export interface ApplyOptions {
@@ -104,17 +112,25 @@ export class WeightPatcher {
     const edits = reduceAdapter(adapter, (name) => this.shapes.get(name));
 
     const handle: AppliedHandle = Object.freeze({ id: this.nextId++, meta: adapter.meta });
-    const record: AppliedRecord = { handle, edits };
+    const record: AppliedRecord = { handle, params: new Map() };
     for (const [name, edit] of edits) {
-      let st = this.states.get(name);
+      const touched = touchedBy(edit);
+      record.params.set(name, { edit, touched });
+      const st = this.states.get(name);
       if (!st) {
         const weight = this.weights.get(name)!.data;
-        st = { name, weight, store: new PristineStore(weight.length), records: [] };
-        this.states.set(name, st);
+        const store = new PristineStore(weight.length);
+        this.states.set(name, { weight, store, records: [record], edits: [edit] });
+        if (edit.cleared === null && edit.delta !== null) fuseAlone(weight, store, edit);
+        else {
+          store.acquire(weight, touched);
+          recompute(this.states.get(name)!, touched);
+        }
+        continue;
       }
-      const touched = touchedBy(edit);
       st.store.acquire(st.weight, touched);
       st.records.push(record);
+      st.edits.push(edit);
       recompute(st, touched);
     }
     this.records.set(handle, record);
@@ -127,13 +143,19 @@ export class WeightPatcher {
     if (!record) {
       throw new SparsetuneError('BAD_ARGUMENT', `revert: handle ${h?.id} is not applied on this patcher (already reverted, or from another patcher)`);
     }
-    for (const [name, edit] of record.edits) {
+    for (const [name, { touched }] of record.params) {
       const st = this.states.get(name)!;
-      st.records.splice(st.records.indexOf(record), 1);
-      const touched = touchedBy(edit);
+      const at = st.records.indexOf(record);
+      st.records.splice(at, 1);
+      st.edits.splice(at, 1);
+      if (st.records.length === 0) {
+        // Nothing else touches this parameter: every held element goes back to its pristine value.
+        st.store.restoreInto(st.weight);
+        this.states.delete(name);
+        continue;
+      }
       recompute(st, touched);
       st.store.release(touched);
-      if (st.store.empty) this.states.delete(name);
     }
     this.records.delete(h);
   }
@@ -144,53 +166,102 @@ export class WeightPatcher {
   }
 }
 
-/** Elements an edit touches (sorted), or null for all of them. */
+/** Elements an edit touches (sorted), or null for all of them. Shares the edit's own arrays when it can. */
 function touchedBy(edit: ParamEdit): Int32Array | null {
-  if (edit.delta && edit.idx === null) return null;
-  return unionSorted(edit.delta ? edit.idx! : new Int32Array(0), edit.cleared ?? new Int32Array(0));
+  if (edit.delta !== null && edit.idx === null) return null;
+  if (edit.cleared === null) return edit.idx ?? new Int32Array(0);
+  if (edit.delta === null) return edit.cleared;
+  return unionSorted(edit.idx!, edit.cleared);
 }
 
-/** Cursor over one sorted index list, for lookups in increasing element order. */
-class SortedCursor {
-  private pos = 0;
-  constructor(private readonly idx: Int32Array) {}
-  /** Position of `e` in the list, or -1. */
-  find(e: number): number {
-    this.pos = lowerBound(this.idx, this.pos, e);
-    return this.pos < this.idx.length && this.idx[this.pos] === e ? this.pos : -1;
+/**
+ * Fuse the only edit of a parameter that nothing else touches and that has no mask, saving
+ * pristine values and patching in one pass: w = float32(p + d), the one-term canonical sum.
+ * A zero delta leaves the pristine bits alone (p + 0 would turn -0 into +0).
+ */
+function fuseAlone(weight: Float32Array, store: PristineStore, edit: ParamEdit): void {
+  const delta = edit.delta!;
+  const idx = edit.idx;
+  if (idx === null) {
+    const saved = weight.slice();
+    for (let e = 0; e < saved.length; e++) {
+      const d = delta[e];
+      if (d !== 0) weight[e] = saved[e] + d;
+    }
+    store.adopt(null, saved);
+    return;
   }
+  const n = idx.length;
+  const saved = new Float32Array(n);
+  let k = 0;
+  // Scattered reads miss the cache. Issuing eight before using any lets the misses overlap,
+  // and a separate pass for the writes keeps them from waiting on the reads: together about
+  // twice as fast as one read-add-write per iteration at 1% density on a 135M model.
+  for (; k + 8 <= n; k += 8) {
+    const p0 = weight[idx[k]], p1 = weight[idx[k + 1]], p2 = weight[idx[k + 2]], p3 = weight[idx[k + 3]];
+    const p4 = weight[idx[k + 4]], p5 = weight[idx[k + 5]], p6 = weight[idx[k + 6]], p7 = weight[idx[k + 7]];
+    saved[k] = p0; saved[k + 1] = p1; saved[k + 2] = p2; saved[k + 3] = p3;
+    saved[k + 4] = p4; saved[k + 5] = p5; saved[k + 6] = p6; saved[k + 7] = p7;
+  }
+  for (; k < n; k++) saved[k] = weight[idx[k]];
+  for (k = 0; k < n; k++) {
+    const d = delta[k];
+    if (d !== 0) weight[idx[k]] = saved[k] + d;
+  }
+  store.adopt(idx, saved);
 }
 
-/** Recompute `touched` elements (sorted; null = all) from pristine values and the applied records. */
+/**
+ * Recompute `touched` elements (sorted; null = all) from pristine values and the applied
+ * edits. Every list is sorted, so each is walked by a galloping cursor: no per-element search.
+ */
 function recompute(st: ParamState, touched: Int32Array | null): void {
-  const pristine = st.store.reader();
-  const list = st.records.map((r) => r.edits.get(st.name)!);
-  const deltaCursors = list.map((e) => (e.delta && e.idx ? new SortedCursor(e.idx) : null));
-  const clearCursors = list.map((e) => (e.cleared ? new SortedCursor(e.cleared) : null));
-  const buf = new Float64Array(list.length);
-  const count = touched ? touched.length : st.weight.length;
+  const weight = st.weight;
+  const edits = st.edits;
+  const R = edits.length;
+  const pIdx = st.store.index;
+  const pVals = st.store.values;
+  const deltaPos = new Int32Array(R);
+  const clearPos = new Int32Array(R);
+  const buf = new Float64Array(R);
+  const count = touched === null ? weight.length : touched.length;
+  let pPos = 0;
   for (let k = 0; k < count; k++) {
-    const e = touched ? touched[k] : k;
+    const e = touched === null ? k : touched[k];
+    let p: number;
+    if (pIdx === null) p = pVals[e];
+    else {
+      pPos = lowerBound(pIdx, pPos, e);
+      p = pVals[pPos];
+    }
     let masked = false;
     let n = 0;
-    for (let r = 0; r < list.length; r++) {
-      const edit = list[r];
-      if (edit.delta) {
-        if (edit.idx === null) buf[n++] = edit.delta[e];
+    for (let r = 0; r < R; r++) {
+      const edit = edits[r];
+      const cleared = edit.cleared;
+      if (cleared !== null && !masked) {
+        const c = lowerBound(cleared, clearPos[r], e);
+        clearPos[r] = c;
+        if (c < cleared.length && cleared[c] === e) masked = true;
+      }
+      const delta = edit.delta;
+      if (delta !== null) {
+        const idx = edit.idx;
+        if (idx === null) buf[n++] = delta[e];
         else {
-          const pos = deltaCursors[r]!.find(e);
-          if (pos >= 0) buf[n++] = edit.delta[pos];
+          const c = lowerBound(idx, deltaPos[r], e);
+          deltaPos[r] = c;
+          if (c < idx.length && idx[c] === e) buf[n++] = delta[c];
         }
       }
-      if (!masked && edit.cleared && clearCursors[r]!.find(e) >= 0) masked = true;
     }
-    const p = pristine(e);
-    if (masked) st.weight[e] = 0;
-    else if (n === 0) st.weight[e] = p;
+    if (masked) weight[e] = 0;
+    else if (n === 0) weight[e] = p;
     else {
-      const D = Math.fround(canonicalSum(buf, n));
+      // One term is already a float32; two terms add the same in either order.
+      const D = n === 1 ? buf[0] : Math.fround(n === 2 ? buf[0] + buf[1] : canonicalSum(buf, n));
       // A zero delta leaves the pristine bits alone (p + 0 would turn -0 into +0).
-      st.weight[e] = D === 0 ? p : p + D;
+      weight[e] = D === 0 ? p : p + D;
     }
   }
 }

@@ -89,7 +89,11 @@ export function unionSorted(a: Int32Array, b: Int32Array): Int32Array {
 export function mergeContributions(sources: Contribution[], numel?: number): { idx: Int32Array | null; vals: Float32Array } {
   const dense = sources.some((s) => s.idx === null);
   if (dense && numel === undefined) throw new SparsetuneError('BAD_ARGUMENT', 'mergeContributions: a dense contribution needs the element count');
-  if (sources.length === 1) return { idx: sources[0].idx, vals: Float32Array.from(sources[0].vals) };
+  if (sources.length === 1) {
+    // Copies, so later changes to the adapter's arrays cannot reach an applied edit.
+    const only = sources[0];
+    return { idx: only.idx === null ? null : only.idx.slice(), vals: new Float32Array(only.vals) };
+  }
   let idx: Int32Array | null = null;
   if (!dense) {
     idx = new Int32Array(0);
