@@ -1,0 +1,268 @@
+/**
+ * The adapter registry: which adapters the server knows (id = directory name), which of
+ * them are resident in memory, and who is using them. Adapters are validated against the
+ * base (parameter names, shapes, fingerprint) when loaded. Resident payloads are kept under
+ * a memory budget by evicting the least recently used adapters that no request holds; an
+ * evicted adapter stays registered and is read from disk again when a request asks for it.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { SparsetuneError } from '../errors.js';
+import { ADAPTER_JSON, loadAdapter } from '../merge/adapter.js';
+import { checkFingerprint } from '../merge/fingerprint.js';
+import type { Adapter, AdapterMeta } from '../merge/types.js';
+import type { SwapMember } from './swapper.js';
+
+/** Adapter ids: a directory-name-like token; "+" separates ids in a composed model name. */
+export const ADAPTER_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** Model names that mean "no adapter". */
+export const BASE_MODEL_ID = 'base';
+
+export interface RegistryOptions {
+  /** The adapters directory; runtime loads may only read below it. */
+  dir: string;
+  /** Base parameter shapes (every adapter target is checked against them). */
+  shapes: Map<string, number[]>;
+  /** Fingerprint of the pristine base weights. */
+  fingerprint: string;
+  /** Resident payload budget in bytes (least recently used unused adapters are evicted past it). */
+  memoryBudgetBytes: number;
+  log?: (message: string) => void;
+}
+
+/** One registered adapter. */
+export class AdapterEntry implements SwapMember {
+  private static nextUid = 1;
+  private static clock = 0;
+  readonly uid = AdapterEntry.nextUid++;
+  /** Requests holding this adapter now (a pinned adapter is never evicted). */
+  pins = 0;
+  /** Requests served with this adapter since it was loaded. */
+  requests = 0;
+  /** Logical time of the last use (a counter, so ties never make eviction order arbitrary). */
+  lastUsed = AdapterEntry.clock++;
+  /** Set by unload: no new request gets it; the payload goes once the last holder lets go. */
+  unloaded = false;
+  reloading: Promise<void> | null = null;
+
+  constructor(
+    readonly id: string,
+    readonly dir: string,
+    readonly meta: AdapterMeta,
+    readonly bytes: number,
+    /** sha256 of adapter.json at load, so a reload notices a different adapter on disk. */
+    readonly jsonHash: string,
+    public adapter: Adapter | null,
+  ) {}
+
+  /** Mark as just used (for LRU eviction). */
+  touch(): void {
+    this.lastUsed = AdapterEntry.clock++;
+  }
+
+  get resident(): boolean {
+    return this.adapter !== null;
+  }
+
+  payload(): Adapter {
+    if (!this.adapter) throw new SparsetuneError('RUNTIME', `adapter "${this.id}" is not resident; acquire it from the registry before use`);
+    return this.adapter;
+  }
+}
+
+/** Bytes held by an adapter's payload arrays. */
+export function adapterBytes(a: Adapter): number {
+  let n = 0;
+  for (const d of a.additive.values()) n += d.indices.byteLength + d.values.byteLength;
+  for (const d of a.structured.values()) n += d.values.byteLength + (d.rows?.byteLength ?? 0) + (d.cols?.byteLength ?? 0);
+  for (const m of a.masks.values()) n += m.bits.byteLength;
+  for (const p of a.lowrank.values()) n += p.A.data.byteLength + p.B.data.byteLength + (p.biasDelta?.byteLength ?? 0);
+  for (const t of a.extra?.values() ?? []) n += t.data.byteLength;
+  return n;
+}
+
+export class AdapterRegistry {
+  private readonly entries = new Map<string, AdapterEntry>();
+  private readonly loading = new Set<string>();
+  private readonly log: (message: string) => void;
+
+  private constructor(private readonly opts: RegistryOptions) {
+    this.log = opts.log ?? (() => {});
+  }
+
+  /**
+   * Open the adapters directory and load every subdirectory holding adapter.json. A bad
+   * adapter is skipped (reported in `skipped`) so one broken directory cannot stop the server.
+   */
+  static async open(opts: RegistryOptions): Promise<{ registry: AdapterRegistry; skipped: { id: string; error: string }[] }> {
+    const root = await fsp.realpath(opts.dir).catch(() => {
+      throw new SparsetuneError('NOT_FOUND', `adapters directory ${opts.dir} does not exist; create it or pass --adapters DIR`);
+    });
+    const registry = new AdapterRegistry({ ...opts, dir: root });
+    const skipped: { id: string; error: string }[] = [];
+    const names = (await fsp.readdir(root, { withFileTypes: true })).filter((d) => d.isDirectory() || d.isSymbolicLink()).map((d) => d.name).sort();
+    for (const name of names) {
+      const hasJson = await fsp.stat(path.join(root, name, ADAPTER_JSON)).then(() => true, () => false);
+      if (!hasJson) continue;
+      try {
+        await registry.load(name);
+      } catch (err) {
+        skipped.push({ id: name, error: (err as Error).message });
+        registry.log(`skipping adapter ${name}: ${(err as Error).message}`);
+      }
+    }
+    return { registry, skipped };
+  }
+
+  /** The adapters directory (real path). */
+  get dir(): string {
+    return this.opts.dir;
+  }
+
+  /** Registered adapters, sorted by id. */
+  list(): AdapterEntry[] {
+    return [...this.entries.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  get(id: string): AdapterEntry | undefined {
+    return this.entries.get(id);
+  }
+
+  /** Bytes of all resident payloads. */
+  get residentBytes(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.resident) n += e.bytes;
+    return n;
+  }
+
+  /**
+   * Load and register adapter `id` from `where` (relative to the adapters directory, or
+   * absolute; default: the directory named `id`). Paths that resolve outside the adapters
+   * directory, symlinks included, are refused (FORBIDDEN).
+   */
+  async load(id: string, where?: string): Promise<AdapterEntry> {
+    if (!ADAPTER_ID.test(id) || id === BASE_MODEL_ID) {
+      throw new SparsetuneError('BAD_ARGUMENT', `adapter id "${id}" is invalid: use 1-64 letters, digits, ".", "_" or "-" (not "${BASE_MODEL_ID}", no "+")`);
+    }
+    if (this.entries.has(id) || this.loading.has(id)) {
+      throw new SparsetuneError('CONFLICT', `adapter "${id}" is already loaded; unload it first (DELETE /v1/adapters/${id}) or pick another id`);
+    }
+    this.loading.add(id);
+    try {
+      const dir = await this.resolveInside(where ?? id);
+      const { adapter, jsonHash } = await this.readAdapter(id, dir);
+      const entry = new AdapterEntry(id, dir, adapter.meta, adapterBytes(adapter), jsonHash, adapter);
+      this.entries.set(id, entry);
+      this.enforceBudget(entry);
+      return entry;
+    } finally {
+      this.loading.delete(id);
+    }
+  }
+
+  /** Unregister `id`. Requests already holding it finish with it; new requests get NOT_FOUND. */
+  unload(id: string): AdapterEntry {
+    const entry = this.entries.get(id);
+    if (!entry) throw new SparsetuneError('NOT_FOUND', `adapter "${id}" is not loaded (GET /v1/adapters lists the loaded ones)`);
+    this.entries.delete(id);
+    entry.unloaded = true;
+    if (entry.pins === 0) entry.adapter = null;
+    return entry;
+  }
+
+  /**
+   * Pin the adapters `ids` for one request: each must be registered; evicted ones are read
+   * from disk again. Pair every successful call with `release`.
+   */
+  async acquire(ids: readonly string[]): Promise<AdapterEntry[]> {
+    const found = ids.map((id) => {
+      const e = this.entries.get(id);
+      if (!e) throw new SparsetuneError('NOT_FOUND', `adapter "${id}" is not loaded; load it with POST /v1/adapters or check GET /v1/models`);
+      return e;
+    });
+    for (const e of found) {
+      e.pins++;
+      e.requests++;
+      e.touch();
+    }
+    try {
+      for (const e of found) await this.ensureResident(e);
+    } catch (err) {
+      this.release(found);
+      throw err;
+    }
+    return found;
+  }
+
+  /** Unpin adapters taken with `acquire`. */
+  release(entries: readonly AdapterEntry[]): void {
+    for (const e of entries) {
+      e.pins--;
+      e.touch();
+      if (e.pins === 0 && e.unloaded) e.adapter = null;
+    }
+    this.enforceBudget();
+  }
+
+  private async ensureResident(e: AdapterEntry): Promise<void> {
+    while (!e.resident) {
+      if (!e.reloading) {
+        e.reloading = (async () => {
+          try {
+            const { adapter, jsonHash } = await this.readAdapter(e.id, e.dir);
+            if (jsonHash !== e.jsonHash) {
+              throw new SparsetuneError('CONFLICT', `adapter "${e.id}" changed on disk since it was loaded; unload and load it again to serve the new version`);
+            }
+            e.adapter = adapter;
+            this.log(`reloaded adapter ${e.id} from disk`);
+          } finally {
+            e.reloading = null;
+          }
+        })();
+      }
+      await e.reloading;
+    }
+    this.enforceBudget(e);
+  }
+
+  private async readAdapter(id: string, dir: string): Promise<{ adapter: Adapter; jsonHash: string }> {
+    const adapter = await loadAdapter(dir, { shapes: this.opts.shapes });
+    if (adapter.pruned) {
+      throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" is a pruned (structural) adapter; it changes shapes and cannot be hot-swapped, export a pruned model with \`sparsetune merge\` instead`);
+    }
+    checkFingerprint(adapter, this.opts.fingerprint);
+    const jsonHash = createHash('sha256').update(await fsp.readFile(path.join(dir, ADAPTER_JSON))).digest('hex');
+    return { adapter, jsonHash };
+  }
+
+  /** Resolve `where` below the adapters directory, following symlinks; refuse escapes. */
+  private async resolveInside(where: string): Promise<string> {
+    const root = this.opts.dir;
+    const inside = (p: string) => p === root || p.startsWith(root + path.sep);
+    const lexical = path.resolve(root, where);
+    if (!inside(lexical)) throw new SparsetuneError('FORBIDDEN', `adapter path "${where}" is outside the adapters directory ${root}; copy the adapter into it first`);
+    let real: string;
+    try {
+      real = await fsp.realpath(lexical);
+    } catch {
+      throw new SparsetuneError('NOT_FOUND', `adapter path "${where}" does not exist in the adapters directory ${root}`);
+    }
+    if (!inside(real)) throw new SparsetuneError('FORBIDDEN', `adapter path "${where}" links outside the adapters directory ${root}; copy the adapter into it first`);
+    if (real === root) throw new SparsetuneError('BAD_ARGUMENT', `adapter path "${where}" is the adapters directory itself; name a subdirectory`);
+    return real;
+  }
+
+  /** Evict least recently used, unpinned payloads until the resident bytes fit the budget. */
+  private enforceBudget(keep?: AdapterEntry): void {
+    let over = this.residentBytes - this.opts.memoryBudgetBytes;
+    if (over <= 0) return;
+    const victims = [...this.entries.values()].filter((e) => e.resident && e.pins === 0 && e !== keep).sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const v of victims) {
+      if (over <= 0) break;
+      v.adapter = null;
+      over -= v.bytes;
+      this.log(`evicted adapter ${v.id} from memory (${v.bytes} bytes; budget ${this.opts.memoryBudgetBytes})`);
+    }
+  }
+}

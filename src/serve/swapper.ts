@@ -1,0 +1,95 @@
+/**
+ * The swapper moves the one shared copy of the base weights from one adapter set to
+ * another by fusing and unfusing sparse deltas in place (WeightPatcher: reverting restores
+ * the exact original bits). Only the difference between the sets is touched: going from
+ * {sw, ner} to {sw} reverts ner and leaves sw applied.
+ */
+import type { Adapter } from '../merge/types.js';
+import { WeightPatcher, type AppliedHandle } from '../merge/apply.js';
+import type { HostTensor } from '../tensor.js';
+import type { WeightGate } from './gate.js';
+
+/** One adapter of a set, as the registry hands it out (pinned, so its payload is in memory). */
+export interface SwapMember {
+  /** Unique per load: an id unloaded and loaded again gets a new uid. */
+  readonly uid: number;
+  readonly id: string;
+  /** The adapter payload; the registry guarantees it is resident while the member is pinned. */
+  payload(): Adapter;
+}
+
+/** What one swap did, reported to metrics. */
+export interface SwapReport {
+  seconds: number;
+  applied: string[];
+  reverted: string[];
+}
+
+export class Swapper {
+  private readonly patcher: WeightPatcher;
+  /** uid -> handle of each adapter fused into the weights now. */
+  private readonly active = new Map<number, { id: string; handle: AppliedHandle }>();
+
+  constructor(
+    weights: Map<string, HostTensor<'f32'>>,
+    private readonly gate: WeightGate,
+    opts: { fingerprint: string; onSwap?: (r: SwapReport) => void },
+  ) {
+    this.patcher = new WeightPatcher(weights, { fingerprint: opts.fingerprint });
+    this.onSwap = opts.onSwap;
+  }
+
+  private readonly onSwap?: (r: SwapReport) => void;
+
+  /** Ids of the adapters fused into the weights now (sorted). */
+  get activeIds(): string[] {
+    return [...this.active.values()].map((a) => a.id).sort();
+  }
+
+  /**
+   * Run `fn` (a model step) with exactly `set` fused into the weights. The gate is held
+   * for the swap and for `fn`, so nothing else patches the weights while `fn` reads them.
+   */
+  runWith<T>(set: readonly SwapMember[], fn: () => Promise<T>): Promise<T> {
+    return this.gate.run(async () => {
+      this.switchTo(set);
+      return fn();
+    });
+  }
+
+  /** Revert every adapter: the weights hold the original bits again. */
+  reset(): Promise<void> {
+    return this.gate.run(() => this.switchTo([]));
+  }
+
+  /** Apply/revert the difference between the active set and `set` (caller holds the gate). */
+  private switchTo(set: readonly SwapMember[]): void {
+    const wanted = new Map(set.map((m) => [m.uid, m]));
+    const toRevert = [...this.active.keys()].filter((uid) => !wanted.has(uid));
+    const toApply = set.filter((m) => !this.active.has(m.uid));
+    if (toRevert.length === 0 && toApply.length === 0) return;
+    const t0 = performance.now();
+    const reverted: string[] = [];
+    const applied: string[] = [];
+    try {
+      for (const uid of toRevert) {
+        const a = this.active.get(uid)!;
+        this.patcher.revert(a.handle);
+        this.active.delete(uid);
+        reverted.push(a.id);
+      }
+      for (const m of toApply) {
+        // Fingerprints were checked when the registry loaded the adapter.
+        const handle = this.patcher.apply(m.payload(), { force: true });
+        this.active.set(m.uid, { id: m.id, handle });
+        applied.push(m.id);
+      }
+    } catch (err) {
+      // Leave the weights in a known state (the pristine base) before reporting the failure.
+      this.patcher.revertAll();
+      this.active.clear();
+      throw err;
+    }
+    this.onSwap?.({ seconds: (performance.now() - t0) / 1000, applied, reverted });
+  }
+}
