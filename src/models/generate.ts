@@ -88,7 +88,9 @@ export async function* streamGenerate(model: CausalLM, prompts: number[][], opts
       if (eos.has(t)) {
         done[b] = true;
         results[b].finishReason = 'eos';
-        const tail = stops[b].flush();
+        // Flush a half-finished character held by the decoder, then what the stop matcher holds.
+        const held = stops[b].push(decoders[b]?.flush() ?? '');
+        const tail = held.stopped ? held.emit : held.emit + stops[b].flush();
         results[b].text += tail;
         if (tail) yield { row: b, token: t, text: tail };
         continue;
