@@ -20,7 +20,7 @@ import { fingerprintWeights } from '../merge/fingerprint.js';
 import type { Adapter } from '../merge/types.js';
 import { Trainer } from '../train/trainer.js';
 import { ProgressBar } from '../train/progress.js';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync, renameSync } from 'node:fs';
 
 const HELP = `sparsetune demo — train, compose and try two sparse adapters on the bundled model (offline)
 
@@ -76,6 +76,7 @@ export async function runDemo(argv: string[]): Promise<void> {
   const spanish = splitHoldout(await loadDataset(join(data, 'spanish.txt'), tok, { seqLen: 64 }), 0.1, seed);
   const task = splitHoldout(await loadDataset(join(data, 'sentiment.jsonl'), tok, { seqLen: 128 }), 0.1, seed);
 
+  const summary: Record<string, unknown> = {};
   const train = async (title: string, purpose: 'language' | 'task', set: { train: TokenizedExample[]; eval: TokenizedExample[] }, lr: number) => {
     say(`▸ ${title}`);
     const method = new LtSftMethod(model, { purpose });
@@ -98,6 +99,7 @@ export async function runDemo(argv: string[]): Promise<void> {
     const adapter = method.export(model); // also restores the base weights
     adapter.meta.base = { model: 'stories260K', fingerprint };
     const nnz = [...adapter.additive.values()].reduce((s, d) => s + d.indices.length, 0);
+    summary[purpose] = { before: r.initialEval!.loss, after: r.finalEval!.loss, nnz };
     say(`  held-out loss ${r.initialEval!.loss.toFixed(3)} -> ${r.finalEval!.loss.toFixed(3)}  (perplexity ${r.initialEval!.ppl.toFixed(1)} -> ${r.finalEval!.ppl.toFixed(1)}); delta touches ${nnz.toLocaleString('en')} weights (${((100 * nnz) / params).toFixed(1)}%)\n`);
     return adapter;
   };
@@ -120,6 +122,7 @@ export async function runDemo(argv: string[]): Promise<void> {
     ['+ task', taskDelta],
     ['+ language + task', composed],
   ];
+  const table: Record<string, { spanishLoss: number; taskLoss: number; sample: string }> = {};
   say('  adapter            Spanish loss   sentiment-task loss   "Once upon a time" ->');
   for (const [name, a] of rows) {
     const h = a ? patcher.apply(a) : null;
@@ -127,11 +130,17 @@ export async function runDemo(argv: string[]): Promise<void> {
       const es = await evalLoss(spanish.eval);
       const tl = await evalLoss(task.eval);
       const g = await generateText(model, 'Once upon a time', { maxNewTokens: 24 });
+      table[name] = { spanishLoss: es, taskLoss: tl, sample: g.text };
       say(`  ${name.padEnd(18)} ${es.toFixed(3).padStart(12)}   ${tl.toFixed(3).padStart(19)}   ${JSON.stringify(g.text.slice(0, 60))}`);
     } finally {
       if (h) patcher.revert(h);
     }
   }
+  summary.compare = table;
+  summary.adapters = dirs;
+  const summaryFile = join(out, 'demo-summary.json');
+  writeFileSync(`${summaryFile}.tmp`, JSON.stringify(summary, null, 2));
+  renameSync(`${summaryFile}.tmp`, summaryFile);
   say(`\nDone in ${((performance.now() - t0) / 1000).toFixed(0)} s. Files:`);
   for (const d of Object.values(dirs)) say(`  ${d}/adapter.json, adapter.safetensors`);
   say('\nTry next:');
