@@ -6,6 +6,8 @@
  *
  * Everything lives in flat typed arrays (no per-element objects), and the store never
  * writes into an index list it was handed: it may keep a reference to one instead of a copy.
+ * Reads and writes of the (large, cache-missing) weight go through `gather`/`scatter`, kept
+ * apart from the branchy merges over the sorted lists so that the cache misses overlap.
  */
 import { SparsetuneError } from '../errors.js';
 
@@ -17,7 +19,7 @@ export class PristineStore {
   /** Sorted touched elements (sparse mode), or null in dense mode. Never written in place. */
   private idx: Int32Array | null = NO_INDICES;
   /** Pristine values: aligned with `idx`, or one per element in dense mode. */
-  private vals = NO_VALUES;
+  private vals: Float32Array = NO_VALUES;
   /**
    * Reference counts aligned like `vals`, or null when every held element has exactly one
    * (the common single-adapter case: no counts are allocated until a second reference).
@@ -63,74 +65,67 @@ export class PristineStore {
     this.live = count;
   }
 
-  /** Take a reference on `touched` (sorted; null = all), saving values seen for the first time. */
-  acquire(weight: Float32Array, touched: Int32Array | null): void {
-    if (touched !== null && touched.length === 0) return;
+  /**
+   * Take a reference on `touched` (sorted; null = all), saving values seen for the first
+   * time. `seen`, if given, holds the current weight at each touched element (the caller
+   * already read them; the store then does not read `weight` again). Returns the positions
+   * in `touched` of the elements that were already referenced ("shared"): every other
+   * touched element is referenced by this caller alone.
+   */
+  acquire(weight: Float32Array, touched: Int32Array | null, seen?: Float32Array): Int32Array {
+    if (touched !== null && touched.length === 0) return NO_INDICES;
     if (this.idx !== null && (touched === null || this.idx.length + touched.length > this.numel / 2)) this.toDense();
-    if (this.idx === null) {
-      this.acquireDense(weight, touched);
-      return;
+    if (this.idx === null) return this.acquireDense(weight, touched);
+    const t = touched!;
+    let current = seen;
+    if (current === undefined) {
+      current = new Float32Array(t.length);
+      gather(weight, t, current);
     }
     if (this.live === 0) {
-      // First use: save the touched values directly (no merge with an empty list).
-      const t = touched!;
-      const vals = new Float32Array(t.length);
-      for (let k = 0; k < t.length; k++) vals[k] = weight[t[k]];
+      // First use: nothing to merge with.
       this.idx = t.slice();
-      this.vals = vals;
+      this.vals = current === seen ? current.slice() : current;
       this.refs = null;
       this.live = t.length;
-      return;
+      return NO_INDICES;
     }
-    this.acquireSparse(weight, touched!);
+    return this.acquireSparse(t, current);
   }
 
-  /** Drop a reference on `touched`; call after the weights there were recomputed. */
-  release(touched: Int32Array | null): void {
-    if (touched !== null && touched.length === 0) return;
+  /**
+   * Drop a reference on `touched` (sorted; null = all). With `weight`, the elements left
+   * with no reference get their pristine value written back (nothing else touches them
+   * now); without it, call this after the weights there were recomputed. Returns the
+   * positions in `touched` of the elements that are still referenced.
+   */
+  release(touched: Int32Array | null, weight?: Float32Array): Int32Array {
+    if (touched !== null && touched.length === 0) return NO_INDICES;
     const refs = this.counts();
-    if (this.idx === null) {
-      let live = this.live;
-      if (touched === null) {
-        for (let e = 0; e < this.numel; e++) if (--refs[e] === 0) live--;
-      } else {
-        for (let k = 0; k < touched.length; k++) if (--refs[touched[k]] === 0) live--;
-      }
-      this.live = live;
-      if (live === 0) this.reset();
-      return;
-    }
+    if (this.idx === null) return this.releaseDense(refs, touched, weight);
+    const t = touched!;
     const idx = this.idx;
-    let dropped = 0;
-    let pos = 0;
-    for (let k = 0; k < touched!.length; k++) {
-      pos = lowerBound(idx, pos, touched![k]);
-      if (--refs[pos] === 0) dropped++;
-    }
-    if (dropped === 0) return;
-    const size = idx.length - dropped;
-    if (size === 0) {
-      this.reset();
-      return;
-    }
-    // Compact into fresh arrays: `idx` may be shared with the caller, so it is never written.
     const vals = this.vals;
-    const nIdx = new Int32Array(size);
-    const nVals = new Float32Array(size);
-    const nRefs = new Uint32Array(size);
-    let w = 0;
-    for (let r = 0; r < idx.length; r++) {
-      const c = refs[r];
-      if (c === 0) continue;
-      nIdx[w] = idx[r];
-      nVals[w] = vals[r];
-      nRefs[w] = c;
-      w++;
+    const still = new Int32Array(t.length);
+    const droppedAt = new Int32Array(t.length);
+    let nStill = 0;
+    let nDropped = 0;
+    let pos = 0;
+    for (let k = 0; k < t.length; k++) {
+      pos = lowerBound(idx, pos, t[k]);
+      if (--refs[pos] === 0) droppedAt[nDropped++] = pos;
+      else still[nStill++] = k;
     }
-    this.idx = nIdx;
-    this.vals = nVals;
-    this.refs = nRefs;
-    this.live = size;
+    if (weight) {
+      for (let k = 0; k < nDropped; k++) {
+        const p = droppedAt[k];
+        weight[idx[p]] = vals[p];
+      }
+    }
+    const size = idx.length - nDropped;
+    if (size === 0) this.reset();
+    else if (nDropped > 0) this.compact(size);
+    return still.subarray(0, nStill);
   }
 
   /** A lookup of pristine values for referenced elements asked in increasing order. */
@@ -148,23 +143,13 @@ export class PristineStore {
   /** Write the pristine values of all referenced elements into `out` (a copy of the weight, or the weight itself). */
   restoreInto(out: Float32Array): void {
     const vals = this.vals;
-    if (this.idx === null) {
-      const refs = this.refs;
-      if (refs === null) out.set(vals);
-      else for (let e = 0; e < this.numel; e++) if (refs[e] > 0) out[e] = vals[e];
+    if (this.idx !== null) {
+      scatter(out, this.idx, vals, 0, this.idx.length);
       return;
     }
-    const idx = this.idx;
-    const n = idx.length;
-    let k = 0;
-    // Unrolled: the scattered writes then overlap better.
-    for (; k + 4 <= n; k += 4) {
-      out[idx[k]] = vals[k];
-      out[idx[k + 1]] = vals[k + 1];
-      out[idx[k + 2]] = vals[k + 2];
-      out[idx[k + 3]] = vals[k + 3];
-    }
-    for (; k < n; k++) out[idx[k]] = vals[k];
+    const refs = this.refs;
+    if (refs === null) out.set(vals);
+    else for (let e = 0; e < this.numel; e++) if (refs[e] > 0) out[e] = vals[e];
   }
 
   /** The reference counts, materialized (all ones) if they were implicit. */
@@ -173,50 +158,46 @@ export class PristineStore {
     return this.refs;
   }
 
-  private acquireDense(weight: Float32Array, touched: Int32Array | null): void {
+  private acquireDense(weight: Float32Array, touched: Int32Array | null): Int32Array {
     const refs = this.counts();
     const vals = this.vals;
+    const count = touched === null ? this.numel : touched.length;
+    const shared = new Int32Array(count);
+    let nShared = 0;
     let live = this.live;
-    if (touched === null) {
-      for (let e = 0; e < this.numel; e++) {
-        if (refs[e]++ === 0) {
-          vals[e] = weight[e];
-          live++;
-        }
-      }
-    } else {
-      for (let k = 0; k < touched.length; k++) {
-        const e = touched[k];
-        if (refs[e]++ === 0) {
-          vals[e] = weight[e];
-          live++;
-        }
-      }
+    for (let k = 0; k < count; k++) {
+      const e = touched === null ? k : touched[k];
+      if (refs[e]++ === 0) {
+        vals[e] = weight[e];
+        live++;
+      } else shared[nShared++] = k;
     }
     this.live = live;
+    return shared.slice(0, nShared);
   }
 
-  /** Merge `touched` into the sorted list; new elements save their current weight. */
-  private acquireSparse(weight: Float32Array, touched: Int32Array): void {
+  /** Merge `touched` (current weights `current`) into the sorted list. */
+  private acquireSparse(touched: Int32Array, current: Float32Array): Int32Array {
     const old = this.idx!;
     const oldVals = this.vals;
     const oldRefs = this.counts();
     const size = countUnion(old, touched);
+    const shared = new Int32Array(old.length + touched.length - size);
     const idx = new Int32Array(size);
     const vals = new Float32Array(size);
     const refs = new Uint32Array(size);
     const na = old.length;
     const nb = touched.length;
-    let i = 0, j = 0, k = 0;
+    let i = 0, j = 0, k = 0, s = 0;
     while (i < na && j < nb) {
       const x = old[i];
       const y = touched[j];
       if (x < y) {
         idx[k] = x; vals[k] = oldVals[i]; refs[k] = oldRefs[i]; i++;
       } else if (y < x) {
-        idx[k] = y; vals[k] = weight[y]; refs[k] = 1; j++;
+        idx[k] = y; vals[k] = current[j]; refs[k] = 1; j++;
       } else {
-        idx[k] = x; vals[k] = oldVals[i]; refs[k] = oldRefs[i] + 1; i++; j++;
+        idx[k] = x; vals[k] = oldVals[i]; refs[k] = oldRefs[i] + 1; shared[s++] = j; i++; j++;
       }
       k++;
     }
@@ -224,12 +205,53 @@ export class PristineStore {
       idx[k] = old[i]; vals[k] = oldVals[i]; refs[k] = oldRefs[i];
     }
     for (; j < nb; j++, k++) {
-      const y = touched[j];
-      idx[k] = y; vals[k] = weight[y]; refs[k] = 1;
+      idx[k] = touched[j]; vals[k] = current[j]; refs[k] = 1;
     }
     this.idx = idx;
     this.vals = vals;
     this.refs = refs;
+    this.live = size;
+    return shared;
+  }
+
+  private releaseDense(refs: Uint32Array, touched: Int32Array | null, weight: Float32Array | undefined): Int32Array {
+    const vals = this.vals;
+    const count = touched === null ? this.numel : touched.length;
+    const still = new Int32Array(count);
+    let nStill = 0;
+    let live = this.live;
+    for (let k = 0; k < count; k++) {
+      const e = touched === null ? k : touched[k];
+      if (--refs[e] === 0) {
+        live--;
+        if (weight) weight[e] = vals[e];
+      } else still[nStill++] = k;
+    }
+    this.live = live;
+    if (live === 0) this.reset();
+    return still.slice(0, nStill);
+  }
+
+  /** Keep only the referenced entries, in fresh arrays (`idx` may be shared, so it is never written). */
+  private compact(size: number): void {
+    const idx = this.idx!;
+    const vals = this.vals;
+    const refs = this.refs!;
+    const nIdx = new Int32Array(size);
+    const nVals = new Float32Array(size);
+    const nRefs = new Uint32Array(size);
+    let w = 0;
+    for (let r = 0; r < idx.length; r++) {
+      const c = refs[r];
+      if (c === 0) continue;
+      nIdx[w] = idx[r];
+      nVals[w] = vals[r];
+      nRefs[w] = c;
+      w++;
+    }
+    this.idx = nIdx;
+    this.vals = nVals;
+    this.refs = nRefs;
     this.live = size;
   }
 
@@ -252,6 +274,35 @@ export class PristineStore {
     this.refs = NO_REFS;
     this.live = 0;
   }
+}
+
+/**
+ * out[k] = weight[idx[k]] for every k of `idx`. Scattered reads miss the cache; issuing eight
+ * before storing any lets the misses overlap (about twice as fast as one per iteration).
+ */
+export function gather(weight: Float32Array, idx: Int32Array, out: Float32Array): void {
+  const n = idx.length;
+  let k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const v0 = weight[idx[k]], v1 = weight[idx[k + 1]], v2 = weight[idx[k + 2]], v3 = weight[idx[k + 3]];
+    const v4 = weight[idx[k + 4]], v5 = weight[idx[k + 5]], v6 = weight[idx[k + 6]], v7 = weight[idx[k + 7]];
+    out[k] = v0; out[k + 1] = v1; out[k + 2] = v2; out[k + 3] = v3;
+    out[k + 4] = v4; out[k + 5] = v5; out[k + 6] = v6; out[k + 7] = v7;
+  }
+  for (; k < n; k++) out[k] = weight[idx[k]];
+}
+
+/** weight[idx[k]] = vals[k - from] for k in [from, to): branch-free scattered writes. */
+export function scatter(weight: Float32Array, idx: Int32Array, vals: Float32Array, from: number, to: number): void {
+  let k = from;
+  let v = 0;
+  for (; k + 4 <= to; k += 4, v += 4) {
+    weight[idx[k]] = vals[v];
+    weight[idx[k + 1]] = vals[v + 1];
+    weight[idx[k + 2]] = vals[v + 2];
+    weight[idx[k + 3]] = vals[v + 3];
+  }
+  for (; k < to; k++, v++) weight[idx[k]] = vals[v];
 }
 
 /**
