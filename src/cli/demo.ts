@@ -108,7 +108,7 @@ export async function runDemo(argv: string[]): Promise<void> {
   const taskDelta = await train('Task delta: LT-SFT on review sentiment ("Review: ... Sentiment: positive|negative")', 'task', task, 3e-3);
   const composed = composeAdapters([lang, taskDelta]);
 
-  const dirs = { language: join(out, 'spanish-lt-sft'), task: join(out, 'sentiment-lt-sft'), composed: join(out, 'spanish+sentiment') };
+  const dirs = { language: join(out, 'spanish-lt-sft'), task: join(out, 'sentiment-lt-sft'), composed: join(out, 'spanish-and-sentiment') };
   await saveAdapter(dirs.language, lang);
   await saveAdapter(dirs.task, taskDelta);
   await saveAdapter(dirs.composed, composed);
