@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 /** Example files this suite runs; helpers shared by the examples are not examples. */
-const TESTED = ['compose-deltas', 'export-merged-model', 'finetune-lora'];
+const TESTED = ['compose-deltas', 'export-merged-model', 'finetune-lora', 'nm-mask', 'prune-pat', 'serve-adapters', 'sparse-mezo'];
 const HELPERS = ['steps'];
 
 describe('examples', () => {
@@ -58,5 +58,40 @@ describe('examples', () => {
     expect(r.stdout).toMatch(/merged model vs adapted model: \d/);
     const config = JSON.parse(await fsp.readFile(join(out, 'export-merged-model', 'config.json'), 'utf8')) as { model_type: string };
     expect(config.model_type).toBe('llama');
+  });
+
+  it('serve-adapters serves the base, two trained adapters and their composition over the OpenAI API', async () => {
+    const r = await runExample('serve-adapters');
+    expect(r.code, r.stderr).toBe(0);
+    for (const name of ['base', 'spanish', 'sentiment', 'spanish+sentiment']) expect(r.stdout).toMatch(new RegExp(`^${name.replace('+', '\\+')} +-> "`, 'm'));
+    expect(r.stdout).toMatch(/^streamed chat \(spanish\) -> "/m);
+    expect(r.stdout).toContain('every answer equals the locally fused model; base weights restored bit for bit');
+    for (const d of ['spanish', 'sentiment']) await fsp.access(join(out, 'serve-adapters', d, 'adapter.json'));
+  });
+
+  it('sparse-mezo trains forward-only and replays its trajectory to the same bits', async () => {
+    const r = await runExample('sparse-mezo');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/held-out loss [\d.]+ -> [\d.]+ after 5 steps/);
+    expect(r.stdout).toContain('replayed weights are bit-identical to the trained ones');
+    for (const f of ['adapter.json', 'adapter.safetensors', 'trajectory.json']) await fsp.access(join(out, 'sparse-mezo', f));
+  });
+
+  it('nm-mask learns a 2:4 mask whose fused groups keep exactly 2 of 4 weights', async () => {
+    const r = await runExample('nm-mask');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/every one of [\d,]+ groups of 4 inputs keeps exactly 2 weights/);
+    expect(r.stdout).toMatch(/magnitude 2:4 [\d.]+, learned 2:4 [\d.]+/);
+    expect(r.stdout).toContain('dense weights restored bit for bit');
+    await fsp.access(join(out, 'nm-mask', 'adapter.json'));
+  });
+
+  it('prune-pat exports a narrower model that reloads with the hard-masked logits', async () => {
+    const r = await runExample('prune-pat');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/pruned model vs hard-masked model: \d/);
+    const config = JSON.parse(await fsp.readFile(join(out, 'prune-pat', 'config.json'), 'utf8')) as { hidden_size: number };
+    expect(config.hidden_size).toBeLessThan(64);
+    expect(r.stdout).toContain(`hidden size 64 -> ${config.hidden_size}`);
   });
 });
