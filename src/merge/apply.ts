@@ -7,6 +7,11 @@
  * equal a from-scratch application of the applied set, and reverting everything gives back
  * the original bits. The value rule (see types.ts): w = float32(w0 + D) with D the
  * canonical sum of the adapters' float32 deltas, then 0 wherever an applied mask clears.
+ *
+ * Hot swaps touch only what they must. An element exactly one applied adapter touches is
+ * worked out from that adapter alone (float32(p + d), no merging or sorting), which is every
+ * element when a single mask-free sparse delta is applied; reverting writes back the saved
+ * pristine value of every element no remaining adapter touches, and recomputes the rest.
  */
 import { SparsetuneError } from '../errors.js';
 import { numel, type HostTensor } from '../tensor.js';
