@@ -15,6 +15,11 @@ export interface RuntimeOptions {
   threads?: number;
   /** Execution providers in order of preference (default ['cpu']). */
   executionProviders?: string[];
+  /**
+   * onnxruntime's CPU memory arena (default true). Off trades ~15% step time for ~25% lower
+   * peak memory in training graphs (measured on a 30M Llama with LoRA: 1.97 -> 1.51 GB).
+   */
+  cpuMemArena?: boolean;
 }
 
 const ORT_TYPE: Record<DType, ort.Tensor.Type> = { f32: 'float32', f64: 'float64', i32: 'int32', i64: 'int64', bool: 'bool', u8: 'uint8' };
@@ -77,11 +82,13 @@ export class Runtime {
   private cache = new Map<string, Promise<CompiledGraph>>();
   readonly threads: number;
   readonly executionProviders: string[];
+  readonly cpuMemArena: boolean;
 
   constructor(opts: RuntimeOptions = {}) {
     const env = Number(process.env.SPARSETUNE_THREADS);
     this.threads = opts.threads ?? (Number.isFinite(env) && env > 0 ? env : 0);
     this.executionProviders = opts.executionProviders ?? ['cpu'];
+    this.cpuMemArena = opts.cpuMemArena ?? true;
   }
 
   /** Compile (or fetch from cache) the session for a graph. */
@@ -107,6 +114,7 @@ export class Runtime {
         // ORT's fusions (e.g. QuickGelu) only have f32 kernels: keep f64 graphs (gradient checks) unfused.
         graphOptimizationLevel: g.inputs.some((v) => v.dtype === 'f64') ? 'basic' : 'all',
         logSeverityLevel: 3,
+        enableCpuMemArena: this.cpuMemArena,
       });
     } catch (e) {
       throw new SparsetuneError('RUNTIME', `onnxruntime rejected the graph '${g.name}': ${(e as Error).message}`, { cause: e });
