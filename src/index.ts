@@ -48,9 +48,6 @@ export { exportPrunedModel, savePrunedModel, prunedConfigJson } from './merge/pr
 
 // Zeroth-order optimizers.
 export * from './zeroth-order/index.js';
-export { runZerothOrderTraining, TRAJECTORY_FILE, type ZoRunOptions, type ZoRunResult } from './zeroth-order/run.js';
-export { ZerothOrderTrainer, trainZerothOrder, zoTrainConfigSchema, type ZoTrainOptions, type ZoTrainResult } from './zeroth-order/train.js';
-export { replayOnBase } from './zeroth-order/replay.js';
 
 // Serving (`Sequence`'s finish reason is the server's own type; see FinishReason above for generation).
 export {
@@ -68,3 +65,6 @@ export {
   type ServeFlags,
   type RegistryOptions,
 } from './serve/index.js';
+
+// Training reports (HTML + SVG charts from metrics.jsonl and an adapter).
+export { writeRunReport, readRunMetrics, summarizeRun, adapterStats, maskStats, countNmPatterns, type ReportOptions, type ReportResult } from './report/index.js';

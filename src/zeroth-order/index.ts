@@ -8,3 +8,7 @@ export type { ZoStepRecord, ZoStepResult } from './mezo.js';
 export { kthSmallestMagnitude, sparseMezoThreshold } from './thresholds.js';
 export { saveTrajectory, loadTrajectory, zoTrajectoryFileSchema, ZO_TRAJECTORY_FORMAT } from './trajectory.js';
 export type { ZoTrajectoryFile } from './trajectory.js';
+export * from './train.js';
+export * from './run.js';
+export { replayOnBase } from './replay.js';
+export { restoreBase, BaseWeightsOnDisk } from './base-weights.js';
