@@ -60,7 +60,7 @@ export interface MaskPayload {
 /**
  * LoRA-style pair for a 2-D weight keyed by its parameter name (must end in `.weight`):
  * W += scale · B · A with A [r, in], B [out, r]. `biasDelta` is PEFT's `lora_B.bias`
- * [out]: the module's `.bias` parameter gets += scale · biasDelta.
+ * (length out): the module's `.bias` parameter gets += scale · biasDelta.
  */
 export interface LowRankPair {
   A: HostTensor<'f32'>;
