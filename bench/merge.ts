@@ -10,6 +10,7 @@ import { WeightPatcher } from '../src/merge/apply.js';
 import { saveAdapter } from '../src/merge/adapter.js';
 import { fingerprintWeights } from '../src/merge/fingerprint.js';
 import { newAdapter, type Adapter } from '../src/merge/types.js';
+import { lcg32, NUMERICAL_RECIPES_LCG } from '../src/util/random.js';
 import { table, timeIt, writeResults } from './util.js';
 
 const model = randomModel(LLAMA_135M, { seed: 1 });
@@ -21,8 +22,7 @@ const totalParams = [...model.weights.values()].reduce((s, w) => s + w.data.leng
 /** A random additive delta touching `density` of every targeted weight. */
 function sparseDelta(density: number, seed: number): Adapter {
   const a = newAdapter({ method: 'bench', kind: 'additive', base: { model: 'random', fingerprint: fp } });
-  let s = seed >>> 0 || 1;
-  const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s / 2 ** 32);
+  const rand = lcg32(seed, NUMERICAL_RECIPES_LCG);
   for (const t of targets) {
     const n = t.inFeatures * t.outFeatures;
     const k = Math.max(1, Math.round(n * density));

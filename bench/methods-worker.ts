@@ -18,6 +18,7 @@ import { CausalLM } from '../src/models/causal-lm.js';
 import { LLAMA_30M, randomModel } from '../src/models/random.js';
 import { methodModule } from '../src/train/registry.js';
 import { Trainer, type StepLog } from '../src/train/trainer.js';
+import { xorshift32Uint32 } from '../src/util/random.js';
 import { peakRssMb } from './util.js';
 
 /** The two benchmark models and their batch shapes (from the issue). */
@@ -83,15 +84,7 @@ function parseArgs(argv: string[]): z.infer<typeof argsSchema> {
 
 /** Random-token examples (labels = inputs: every position counts in the loss). */
 function syntheticExamples(n: number, seq: number, vocab: number, seed: number): TokenizedExample[] {
-  let s = (seed ^ 0x5bd1e995) >>> 0 || 1;
-  const next = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
+  const next = xorshift32Uint32(seed ^ 0x5bd1e995);
   return Array.from({ length: n }, () => {
     const ids = Array.from({ length: seq }, () => next() % vocab);
     return { inputIds: ids, labels: [...ids] };

@@ -27,6 +27,7 @@ import { exportPrunedModel } from '../src/merge/prune-export.js';
 import { CausalLM } from '../src/models/causal-lm.js';
 import { LLAMA_30M, randomModel } from '../src/models/random.js';
 import { Trainer } from '../src/train/trainer.js';
+import { ANSI_C_LCG, lcg32Uint32 } from '../src/util/random.js';
 import { table, writeResults } from './util.js';
 
 const root = join(import.meta.dirname, '..');
@@ -222,11 +223,10 @@ async function patExport(): Promise<({ model: string; how: string } & PairedPerT
   // ~30M: PAT's export with a fixed 75% channel mask (no training: per-token cost depends only on shapes).
   const big = randomModel(LLAMA_30M, { runtime });
   const patBig = new PatMethod(big, { keepRatio: 0.75, hsmRank: 8, r: 4 });
-  let s = 12345;
+  const next = lcg32Uint32(12345, ANSI_C_LCG);
   const order = Array.from({ length: patBig.hidden }, (_, i) => i);
   for (let i = order.length - 1; i > 0; i--) {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    const j = s % (i + 1);
+    const j = next() % (i + 1);
     [order[i], order[j]] = [order[j], order[i]];
   }
   patBig.mask.data.fill(-1);

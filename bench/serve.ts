@@ -21,6 +21,7 @@ import { WeightGate } from '../src/serve/gate.js';
 import { createServer } from '../src/serve/server.js';
 import { Swapper, type SwapMember, type SwapReport } from '../src/serve/swapper.js';
 import type { HostTensor } from '../src/tensor.js';
+import { xorshift32 } from '../src/util/random.js';
 import { table, writeResults } from './util.js';
 
 /** Load time per scenario, split over ROUNDS interleaved rounds. */
@@ -29,22 +30,9 @@ const ROUNDS = 3;
 const CONCURRENCY = 16;
 const MAX_TOKENS = 32;
 
-/** xorshift32 in [0, 1). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
-}
-
 /** A sparse additive adapter on a `density` fraction of every 2-D weight (geometric gaps, so O(nnz)). */
 function sparseAdapter(weights: Map<string, HostTensor<'f32'>>, density: number, seed: number, fingerprint: string): Adapter {
-  const r = rng(seed);
+  const r = xorshift32(seed);
   const a = newAdapter({ method: 'bench-random', kind: 'additive', base: { model: 'bench', fingerprint } });
   const logq = Math.log(1 - density);
   for (const [name, t] of weights) {

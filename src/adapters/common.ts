@@ -1,9 +1,11 @@
 /** Helpers the adapter modules share: site selection, initializers, param declaration. */
+import type { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import type { Graph, Value } from '../engine/ir.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { matchesTarget, type LinearSite } from '../models/hooks.js';
 import type { TrainableParam } from '../train/method.js';
+import { xorshift32, type Rng } from '../util/random.js';
 
 /** Sites selected by PEFT-style target modules; an empty selection is an error listing valid names. */
 export function selectSites(model: CausalLM, targets: string[] | string, opts: { excludeLmHead?: boolean } = {}): LinearSite[] {
@@ -16,17 +18,12 @@ export function selectSites(model: CausalLM, targets: string[] | string, opts: {
   return chosen;
 }
 
-/** A small deterministic PRNG (xorshift32) for parameter init; returns uniforms in [0, 1). */
-export function initRng(seed: number): () => number {
-  let s = (seed ^ 0x2545f491) >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
+/**
+ * The seeded uniforms in [0, 1) that adapter init, selection and per-step noise draw from
+ * (xorshift32 on a mixed seed; its sequence fixes every method's initial params).
+ */
+export function initRng(seed: number): Rng {
+  return xorshift32(seed ^ 0x2545f491);
 }
 
 /** Kaiming-uniform with a = sqrt(5) (PyTorch's Linear default): U(-1/sqrt(fanIn), 1/sqrt(fanIn)). */
@@ -53,6 +50,13 @@ export function normalInit(n: number, std: number, rand: () => number): Float32A
 /** Declare (once per graph) the graph input for a trainable param. */
 export function paramValue(g: Graph, p: TrainableParam): Value {
   return g.inputs.find((v) => v.name === p.name) ?? g.input(p.name, 'f32', p.shape);
+}
+
+/** A method's config validated by its zod schema (defaults filled in); a bad one is a BAD_CONFIG error listing every problem. */
+export function parseMethodConfig<S extends z.ZodType>(method: string, schema: S, config: unknown): z.output<S> {
+  const parsed = schema.safeParse(config);
+  if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage(method, parsed.error.issues));
+  return parsed.data;
 }
 
 /** Format zod issues as one line. */

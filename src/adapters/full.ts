@@ -14,14 +14,13 @@
  * LoRA-style methods. Restrict `targetModules` to shrink all of it.
  */
 import { z } from 'zod';
-import { SparsetuneError } from '../errors.js';
 import { hashTensors } from '../merge/fingerprint.js';
 import { newAdapter, type Adapter, type AdditiveDelta } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
 import type { Method, TrainableParam } from '../train/method.js';
-import { selectSites, zodMessage } from './common.js';
+import { parseMethodConfig, selectSites } from './common.js';
 
 export const fullConfigSchema = z.object({
   /**
@@ -63,9 +62,7 @@ export class FullFinetuneMethod implements Method {
     readonly model: CausalLM,
     config: z.input<typeof fullConfigSchema> = {},
   ) {
-    const parsed = fullConfigSchema.safeParse(config ?? {});
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('full', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('full', fullConfigSchema, config ?? {});
     this.trainables = trainedNames(model, this.config.targetModules).map((name) => {
       const w = model.weights.get(name)!;
       this.original.set(name, w.data.slice());

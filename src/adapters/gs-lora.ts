@@ -29,7 +29,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
 import type { GradMap, Method, Objective, StepContext, TrainableParam } from '../train/method.js';
-import { zodMessage } from './common.js';
+import { parseMethodConfig, zodMessage } from './common.js';
 import { createLoraPairs, exportLoraPairs, loraHooks, type LoraPair } from './lora.js';
 import { buildGroups, groupNorm, groupNormSum, isZeroGroup, proxGroupLasso, survivingGroups, survivingPairs, type ParamGroup } from './gs-lora-groups.js';
 import { forgetFeeds, forgetTerms, type BatchSource } from './gs-lora-forget.js';
@@ -88,9 +88,7 @@ export class GsLoraMethod implements Method {
     config: z.input<typeof gsLoraConfigSchema> = {},
     opts: { forget?: BatchSource } = {},
   ) {
-    const parsed = gsLoraConfigSchema.safeParse(config);
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('gs-lora', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('gs-lora', gsLoraConfigSchema, config);
     this.scale = this.config.loraAlpha / this.config.r;
     this.pairs = createLoraPairs(model, 'gs_lora', this.config.targetModules, this.config.r, this.config.seed);
     this.groups = buildGroups(this.pairs, this.config.groupBy);

@@ -3,7 +3,6 @@
  * sqrt(r) with rsLoRA). PEFT naming and init: A Kaiming-uniform, B zeros.
  */
 import { z } from 'zod';
-import { SparsetuneError } from '../errors.js';
 import { dropout, mul } from '../engine/ops/index.js';
 import { linear } from '../engine/nn.js';
 import { fingerprintWeights } from '../merge/fingerprint.js';
@@ -11,7 +10,7 @@ import { newAdapter, type Adapter, type LowRankPair } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { Method, TrainableParam } from '../train/method.js';
-import { initRng, kaimingUniform, paramValue, selectSites, zodMessage } from './common.js';
+import { initRng, kaimingUniform, paramValue, parseMethodConfig, selectSites } from './common.js';
 
 export const loraConfigSchema = z.object({
   r: z.number().int().positive().default(8),
@@ -87,9 +86,7 @@ export class LoraMethod implements Method {
     readonly model: CausalLM,
     config: z.input<typeof loraConfigSchema> = {},
   ) {
-    const parsed = loraConfigSchema.safeParse(config);
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('lora', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('lora', loraConfigSchema, config);
     this.scale = this.config.useRslora ? this.config.alpha / Math.sqrt(this.config.r) : this.config.alpha / this.config.r;
     this.pairs = createLoraPairs(model, 'lora', this.config.targetModules, this.config.r, this.config.seed);
   }

@@ -27,7 +27,8 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import { numel, type HostTensor } from '../tensor.js';
 import type { GradMap, Method, Objective, StepContext, TrainableParam } from '../train/method.js';
-import { initRng, kaimingUniform, paramValue, zodMessage } from './common.js';
+import { paramFeeds } from '../train/param-feeds.js';
+import { initRng, kaimingUniform, paramValue, parseMethodConfig, zodMessage } from './common.js';
 import { adapterBranch, layerTensorNames, layerTensorShapes, mergedHooks, mosaActivations, mosaAdapterConfigSchema, type BranchOptions, type MosaAdapterConfig } from './mosa-branch.js';
 import { createSplit, maskGradients, mergeSplit, restoreMaskedOut, selectedModule, snapshotUsed, type SplitTensor } from './mosa-split.js';
 
@@ -79,9 +80,7 @@ export class MosaMethod implements Method {
     readonly model: CausalLM,
     config: z.input<typeof mosaConfigSchema> = {},
   ) {
-    const parsed = mosaConfigSchema.safeParse(config);
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('mosa', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('mosa', mosaConfigSchema, config);
     const d = model.config.hiddenSize;
     const nLayers = model.arch.kvShape(model.config).layers;
     const chosen = this.config.layers ?? Array.from({ length: nLayers }, (_, l) => l);
@@ -200,11 +199,8 @@ export class MosaMethod implements Method {
 
   /** Every feed `hooks('eval')` needs: the dense params and the merged split tensors. */
   inferenceFeeds(): Record<string, HostTensor> {
-    const out: Record<string, HostTensor> = {};
-    for (const la of this.layers) {
-      for (const p of [la.norm, la.downB, la.upB, ...(la.downW ? [la.downW] : [])]) out[p.name] = { dtype: 'f32', shape: p.shape, data: p.data };
-    }
-    return { ...out, ...this.evalFeeds() };
+    const dense = this.layers.flatMap((la) => [la.norm, la.downB, la.upB, ...(la.downW ? [la.downW] : [])]);
+    return { ...paramFeeds(dense), ...this.evalFeeds() };
   }
 
   /** Mask each used module's gradient; drop unused modules' gradients; remember used modules to undo decay on masked-out entries. */

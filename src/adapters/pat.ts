@@ -19,7 +19,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import { composeHooks, type ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
 import type { Method, Objective, StepContext, TrainableParam } from '../train/method.js';
-import { zodMessage } from './common.js';
+import { parseMethodConfig } from './common.js';
 import { createLoraPairs, loraHooks, type LoraPair } from './lora.js';
 import { createHsms, hsmHooks, identityLoss, maskLoss, SCHEDULE_INPUTS, type Hsm } from './pat-hsm.js';
 import { keptChannels, maskSchedule } from './pat-schedule.js';
@@ -67,9 +67,7 @@ export class PatMethod implements Method {
     readonly model: CausalLM,
     config: z.input<typeof patConfigSchema> = {},
   ) {
-    const parsed = patConfigSchema.safeParse(config ?? {});
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('pat', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('pat', patConfigSchema, config ?? {});
     if (model.config.arch !== 'llama') {
       throw new SparsetuneError('UNSUPPORTED_MODEL', `pat prunes the hidden width of Llama-family models (llama, mistral, qwen2) only; this model is ${model.config.modelType}. Use lora or s2ft for it.`);
     }

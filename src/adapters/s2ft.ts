@@ -22,7 +22,7 @@ import { newAdapter, type Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { Method, TrainableParam } from '../train/method.js';
-import { paramValue, zodMessage } from './common.js';
+import { paramValue, parseMethodConfig } from './common.js';
 import {
   activationNormScores, budget, gradientNormScores, PART_MODULE, partAxis, poolGeometry, S2FT_PARTS, selectUnits, unitWidth, weightNormScores,
   type PoolScores, type S2ftPart, type S2ftSelection,
@@ -62,9 +62,7 @@ export interface S2ftSlice {
 }
 
 function parseConfig(config: unknown): S2ftConfig {
-  const parsed = s2ftConfigSchema.safeParse(config ?? {});
-  if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('s2ft', parsed.error.issues));
-  return parsed.data;
+  return parseMethodConfig('s2ft', s2ftConfigSchema, config ?? {});
 }
 
 function llamaConfig(model: CausalLM): LlamaConfig {

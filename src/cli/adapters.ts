@@ -14,6 +14,7 @@ import { checkFingerprint, fingerprintWeights } from '../merge/fingerprint.js';
 import type { Adapter } from '../merge/types.js';
 import { METHOD_NAMES, methodModule } from '../train/registry.js';
 import type { HostTensor } from '../tensor.js';
+import type { FlagSpec } from './args.js';
 
 /** Optional export of a method module: run an adapter as hooks instead of fusing it. */
 export type AdapterHooksFn = (
@@ -23,6 +24,13 @@ export type AdapterHooksFn = (
 
 /** Where status lines go (stderr for the CLI, so stdout stays clean for results). */
 export type Log = (line: string) => void;
+
+/** `--model` of the commands that load a model (its default is `modelRef`'s fallback). */
+export const MODEL_FLAG: FlagSpec = { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' };
+/** `--adapter` of the inference commands (eval, logits, generate). */
+export const APPLY_ADAPTER_FLAG: FlagSpec = { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply (repeat to combine)' };
+/** `--force` of the inference commands: skip the base-fingerprint check. */
+export const FORCE_FLAG: FlagSpec = { type: 'boolean', description: 'apply adapters even if trained on other base weights' };
 
 /** `--model` as given, or the model bundled with the package. */
 export function modelRef(flag: string | undefined): string {

@@ -9,6 +9,7 @@ import { promises as fsp } from 'node:fs';
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import type { ChatMessage, Tokenizer } from './tokenizer.js';
+import { mulberry32 } from '../util/random.js';
 
 export const IGNORE_INDEX = -100;
 
@@ -202,22 +203,10 @@ export async function loadDataset(file: string, tok: Tokenizer, opts: LoadDatase
   return examples;
 }
 
-/** mulberry32: small, fast, good enough to shuffle data reproducibly. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A shuffled copy of `items`; the same seed always gives the same order. */
 export function shuffled<T>(items: readonly T[], seed: number): T[] {
   const out = [...items];
-  const rand = prng(seed);
+  const rand = mulberry32(seed);
   for (let i = out.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [out[i], out[j]] = [out[j], out[i]];

@@ -39,7 +39,7 @@ import { newAdapter, type Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { GradMap, Method, TrainableParam } from '../train/method.js';
-import { zodMessage } from '../adapters/common.js';
+import { parseMethodConfig } from '../adapters/common.js';
 import { selectTopKByDelta, type SelectionResult } from './lt-sft-select.js';
 import { DEFAULT_LT_SFT_TARGETS, maskableTensors, sparseDifference, type MaskableTensor } from './lt-sft-tensors.js';
 
@@ -90,9 +90,7 @@ export type LtSftPhase = 'full' | 'sparse' | 'done' | 'restored';
 
 /** Parse and resolve an LT-SFT config (defaults by purpose). */
 export function resolveLtSftConfig(config: unknown): LtSftConfig {
-  const parsed = ltSftConfigSchema.safeParse(config ?? {});
-  if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('lt-sft', parsed.error.issues));
-  const c = parsed.data;
+  const c = parseMethodConfig('lt-sft', ltSftConfigSchema, config ?? {});
   const language = c.purpose === 'language';
   return {
     purpose: c.purpose,

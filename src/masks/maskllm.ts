@@ -18,7 +18,7 @@ import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { Method, Objective, StepContext, TrainableParam } from '../train/method.js';
 import { stepSeed, type TrainerConfigInput } from '../train/trainer.js';
 import type { HostTensor } from '../tensor.js';
-import { initRng, normalInit, paramValue, selectSites, zodMessage } from '../adapters/common.js';
+import { initRng, normalInit, paramValue, parseMethodConfig, selectSites } from '../adapters/common.js';
 import { argmaxCandidates, candidateTable, fillGumbel, hardMask, hardRowMask, lerp, softMask } from './maskllm-graph.js';
 import { activationScores, binomial, checkGroupable, fromRowView, inputActivationNorms, magnitudeScores, nmCandidates, oneShotNM } from './priors.js';
 
@@ -85,9 +85,7 @@ export class MaskllmMethod implements Method {
     readonly model: CausalLM,
     config: z.input<typeof maskllmConfigSchema> = {},
   ) {
-    const parsed = maskllmConfigSchema.safeParse(config);
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('maskllm', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('maskllm', maskllmConfigSchema, config);
     const { n, m } = this.config;
     this.candidates = nmCandidates(n, m);
     this.numCandidates = binomial(m, n);

@@ -18,7 +18,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { GradMap, Method, Objective, StepContext, TrainableParam } from '../train/method.js';
 import { stepSeed, type TrainerConfigInput } from '../train/trainer.js';
-import { initRng, paramValue, selectSites, zodMessage } from '../adapters/common.js';
+import { initRng, paramValue, parseMethodConfig, selectSites } from '../adapters/common.js';
 import { gradientDropout } from './ramt-dropout.js';
 
 export const ramtConfigSchema = z
@@ -60,9 +60,7 @@ export class RamtMethod implements Method {
     readonly model: CausalLM,
     config: z.input<typeof ramtConfigSchema> = {},
   ) {
-    const parsed = ramtConfigSchema.safeParse(config);
-    if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage('ramt', parsed.error.issues));
-    this.config = parsed.data;
+    this.config = parseMethodConfig('ramt', ramtConfigSchema, config);
     this.tensors = selectSites(model, this.config.targetModules).map((site) => {
       const shape = [...model.weights.get(site.weightName)!.shape];
       const n = shape.reduce((a, b) => a * b, 1);

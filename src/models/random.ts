@@ -4,6 +4,7 @@ import type { HostTensor } from '../tensor.js';
 import { defaultRuntime, type Runtime } from '../engine/runtime.js';
 import { CausalLM } from './causal-lm.js';
 import { architectureOf } from './registry.js';
+import { xorshift32 } from '../util/random.js';
 
 /** Shapes of every parameter of an architecture, derived from its sites and norms. */
 function paramShapes(model: { names: string[] }, cfg: ReturnType<typeof parseModelConfig>): Map<string, number[]> {
@@ -31,15 +32,7 @@ export function randomModel(configJson: Record<string, unknown>, opts: { seed?: 
   const arch = architectureOf(cfg);
   const names = arch.paramNames(cfg);
   const shapes = paramShapes({ names }, cfg);
-  let s = ((opts.seed ?? 0) ^ 0x1234567) >>> 0 || 1;
-  const rand = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
+  const rand = xorshift32((opts.seed ?? 0) ^ 0x1234567);
   const std = opts.std ?? 0.02;
   const weights = new Map<string, HostTensor<'f32'>>();
   for (const n of names) {

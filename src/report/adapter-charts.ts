@@ -6,6 +6,7 @@
  */
 import type { AdapterStats, StructuredStat } from './adapter-stats.js';
 import { CHART_WIDTH, type Chart } from './training-charts.js';
+import type { ChartSpec } from './vega.js';
 
 /** Most bins a row/column/channel strip is drawn with (wider dimensions are binned). */
 export const MAX_BINS = 128;
@@ -120,6 +121,17 @@ function selectionStrip(id: string, title: string, caption: string, values: { la
   };
 }
 
+/** Encoding channels of a single-view chart (x, y, color, tooltip, ...). */
+type Encoding = NonNullable<Extract<ChartSpec, { mark: unknown }>['encoding']>;
+
+/** A bar chart of `values` at the page's width and the usual height. */
+function barChart(id: string, title: string, caption: string, values: object[], encoding: Encoding): Chart {
+  return { id, title, caption, spec: { title, width: CHART_WIDTH, height: 200, data: { values }, mark: { type: 'bar' }, encoding } };
+}
+
+/** The x channel of a chart with one bar per transformer block. */
+const BLOCK_AXIS = { field: 'block', type: 'ordinal', title: 'block', axis: { labelAngle: 0 } } as const;
+
 function additiveCharts(s: AdapterStats): Chart[] {
   if (!s.additive.length) return [];
   const known = s.additive.every((a) => a.density !== undefined);
@@ -173,23 +185,13 @@ function maskCharts(s: AdapterStats): Chart[] {
     const other = withNm.reduce((acc, t) => acc + t.nm!.other, 0);
     const values = [...totals].map(([pattern, count]) => ({ pattern, count }));
     if (other > 0) values.push({ pattern: `not ${n}:${m}`, count: other });
-    charts.push({
-      id: 'nm-patterns',
-      title: `${n}:${m} patterns used`,
-      caption: `How many groups of ${m} consecutive inputs use each pattern (1 = kept), over all masked weights.`,
-      spec: {
-        title: `${n}:${m} patterns used`,
-        width: CHART_WIDTH,
-        height: 200,
-        data: { values },
-        mark: { type: 'bar' },
-        encoding: {
-          x: { field: 'pattern', type: 'nominal', title: 'pattern', sort: null, axis: { labelAngle: 0, labelFont: 'monospace' } },
-          y: { field: 'count', type: 'quantitative', title: 'groups' },
-          tooltip: [{ field: 'pattern' }, { field: 'count' }],
-        },
-      },
-    });
+    charts.push(
+      barChart('nm-patterns', `${n}:${m} patterns used`, `How many groups of ${m} consecutive inputs use each pattern (1 = kept), over all masked weights.`, values, {
+        x: { field: 'pattern', type: 'nominal', title: 'pattern', sort: null, axis: { labelAngle: 0, labelFont: 'monospace' } },
+        y: { field: 'count', type: 'quantitative', title: 'groups' },
+        tooltip: [{ field: 'pattern' }, { field: 'count' }],
+      }),
+    );
   }
   return charts;
 }
@@ -199,23 +201,17 @@ function lowrankCharts(s: AdapterStats): Chart[] {
   const values = s.blocks.map((b) => ({ block: b.layer, norm: b.deltaNorm, state: b.alive ? 'changed' : 'untouched' }));
   const alive = s.blocks.filter((b) => b.alive).length;
   const charts: Chart[] = [
-    {
-      id: 'lowrank-blocks',
-      title: `Low-rank update per block (${alive} of ${s.blocks.length} blocks changed)`,
-      caption: 'Frobenius norm of scale·B·A summed over each block’s pairs; a block with no surviving pair (GS-LoRA’s group lasso) is untouched.',
-      spec: {
-        title: `Low-rank update per block (${alive} of ${s.blocks.length} blocks changed)`,
-        width: CHART_WIDTH,
-        height: 200,
-        data: { values },
-        mark: { type: 'bar' },
-        encoding: {
-          x: { field: 'block', type: 'ordinal', title: 'block', axis: { labelAngle: 0 } },
-          y: { field: 'norm', type: 'quantitative', title: '‖ΔW‖ (Frobenius)' },
-          color: { field: 'state', type: 'nominal', title: null, scale: { domain: ['changed', 'untouched'], range: ['#4c78a8', '#bbbbbb'] } },
-        },
+    barChart(
+      'lowrank-blocks',
+      `Low-rank update per block (${alive} of ${s.blocks.length} blocks changed)`,
+      'Frobenius norm of scale·B·A summed over each block’s pairs; a block with no surviving pair (GS-LoRA’s group lasso) is untouched.',
+      values,
+      {
+        x: BLOCK_AXIS,
+        y: { field: 'norm', type: 'quantitative', title: '‖ΔW‖ (Frobenius)' },
+        color: { field: 'state', type: 'nominal', title: null, scale: { domain: ['changed', 'untouched'], range: ['#4c78a8', '#bbbbbb'] } },
       },
-    },
+    ),
   ];
   if (new Set(s.lowrank.map((p) => p.module)).size > 1) {
     charts.push(
@@ -250,22 +246,13 @@ function extraCharts(s: AdapterStats): Chart[] {
   if (!perBlock.size) return [];
   const values = [...perBlock].sort(([a], [b]) => a - b).map(([block, norm]) => ({ block, norm }));
   return [
-    {
-      id: 'extra-blocks',
-      title: 'Auxiliary tensors per block',
-      caption: 'Frobenius norm of the tensors the adapter carries beside the base weights (e.g. MoSA’s unfused branch), per block.',
-      spec: {
-        title: 'Auxiliary tensors per block',
-        width: CHART_WIDTH,
-        height: 200,
-        data: { values },
-        mark: { type: 'bar' },
-        encoding: {
-          x: { field: 'block', type: 'ordinal', title: 'block', axis: { labelAngle: 0 } },
-          y: { field: 'norm', type: 'quantitative', title: '‖tensors‖ (Frobenius)' },
-        },
-      },
-    },
+    barChart(
+      'extra-blocks',
+      'Auxiliary tensors per block',
+      'Frobenius norm of the tensors the adapter carries beside the base weights (e.g. MoSA’s unfused branch), per block.',
+      values,
+      { x: BLOCK_AXIS, y: { field: 'norm', type: 'quantitative', title: '‖tensors‖ (Frobenius)' } },
+    ),
   ];
 }
 

@@ -8,6 +8,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
 import type { Method } from './method.js';
+import { paramFeeds } from './param-feeds.js';
 import { stepSeed, type EvalResult } from './trainer.js';
 
 /**
@@ -16,9 +17,7 @@ import { stepSeed, type EvalResult } from './trainer.js';
  */
 export function methodEvalFeeds(method: Method, model: CausalLM, seed = 0): Record<string, HostTensor> {
   const ctx = { model, step: 0, totalSteps: 0, lr: 0, seed: stepSeed(seed, 0) };
-  const feeds: Record<string, HostTensor> = {};
-  for (const p of method.params()) feeds[p.name] = { dtype: 'f32', shape: p.shape, data: p.data };
-  return { ...feeds, ...(method.evalFeeds?.(ctx) ?? method.stepFeeds?.(ctx) ?? {}) };
+  return { ...paramFeeds(method.params()), ...(method.evalFeeds?.(ctx) ?? method.stepFeeds?.(ctx) ?? {}) };
 }
 
 export interface EvaluateOptions {

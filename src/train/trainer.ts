@@ -11,9 +11,9 @@ import type { Value } from '../engine/ir.js';
 import { batches, collate, type TokenizedExample } from '../io/datasets.js';
 import { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
-import type { HostTensor } from '../tensor.js';
 import { defaultObjective, type GradMap, type Method, type StepContext, type TrainableParam } from './method.js';
 import { clipGlobalNorm, Optimizer, optimizerSchema, scheduledLr, scheduleSchema, type OptimizerState } from './optim.js';
+import { paramFeeds } from './param-feeds.js';
 
 export const trainerConfigSchema = z.object({
   steps: z.number().int().positive().default(100),
@@ -170,12 +170,6 @@ export class Trainer {
     return { model: this.model, step: this.step, totalSteps: this.cfg.steps, lr, seed: stepSeed(this.cfg.seed, this.step) };
   }
 
-  private paramFeeds(params: TrainableParam[]): Record<string, HostTensor> {
-    const out: Record<string, HostTensor> = {};
-    for (const p of params) out[p.name] = { dtype: 'f32', shape: p.shape, data: p.data };
-    return out;
-  }
-
   /** Ask the loop to stop after the current step (early stopping, Ctrl-C); `train` then evaluates and returns. */
   requestStop(reason: string): void {
     this.stopReason ??= reason;
@@ -256,7 +250,7 @@ export class Trainer {
   async evaluate(data: TokenizedExample[]): Promise<EvalResult> {
     if (data.length === 0) throw new SparsetuneError('BAD_DATA', 'evaluation set is empty');
     const ctx = this.ctx(0);
-    const extra = { ...this.paramFeeds(this.method.params()), ...(this.method.evalFeeds?.(ctx) ?? this.method.stepFeeds?.(ctx) ?? {}) };
+    const extra = { ...paramFeeds(this.method.params()), ...(this.method.evalFeeds?.(ctx) ?? this.method.stepFeeds?.(ctx) ?? {}) };
     let sum = 0;
     let tokens = 0;
     let n = 0;
@@ -326,7 +320,7 @@ export class Trainer {
         const metrics: Record<string, number> = {};
         for (let micro = 0; micro < this.cfg.gradAccum; micro++) {
           const batch = nextBatch();
-          const feeds = { ...this.paramFeeds(params), ...(this.method.stepFeeds?.(ctx) ?? {}), ...CausalLM.trainFeeds(batch) };
+          const feeds = { ...paramFeeds(params), ...(this.method.stepFeeds?.(ctx) ?? {}), ...CausalLM.trainFeeds(batch) };
           const out = await compiled.run(this.model.feeds(compiled, feeds));
           const loss = Number(out.loss.data[0]);
           if (!Number.isFinite(loss)) {

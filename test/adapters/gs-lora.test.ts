@@ -2,17 +2,16 @@ import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
-import { loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
+import { loadDataset, splitHoldout } from '../../src/io/datasets.js';
 import { cyclingBatchSource, GsLoraMethod } from '../../src/adapters/gs-lora.js';
 import { groupNorm, proxGroupLasso, type ParamGroup } from '../../src/adapters/gs-lora-groups.js';
 import { initRng } from '../../src/adapters/common.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
+import { randomTokenExamples, sameBits } from '../helpers.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
-
-const sameBits = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 async function stories() {
   const model = await CausalLM.load(bundledModelPath());
@@ -116,11 +115,7 @@ describe('GS-LoRA penalty in the loss', () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
     const m = new GsLoraMethod(model, { penalty: 'loss', lassoWeight: 0.5, warmupFraction: 0.5 });
     const expected = m.groups.reduce((s, g) => s + groupNorm(g), 0);
-    const r = initRng(5);
-    const data: TokenizedExample[] = Array.from({ length: 8 }, () => {
-      const ids = Array.from({ length: 12 }, () => 3 + Math.floor(r() * 90));
-      return { inputIds: ids, labels: [...ids] };
-    });
+    const data = randomTokenExamples(initRng(5), 8, { length: 12, hi: 93 });
     const res = await new Trainer(model, m, { steps: 2, batchSize: 4, optimizer: { lr: 1e-3 } }).train(data);
     const [s0, s1] = res.history.map((h) => h.metrics);
     expect(m.groups.length).toBe(2);
@@ -137,11 +132,7 @@ describe('GS-LoRA forgetting', () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
     const r = initRng(11);
     // Retain and forget sets use disjoint token ranges, so forgetting one need not hurt the other.
-    const seqs = (n: number, lo: number, hi: number): TokenizedExample[] =>
-      Array.from({ length: n }, () => {
-        const ids = Array.from({ length: 16 }, () => lo + Math.floor(r() * (hi - lo)));
-        return { inputIds: ids, labels: [...ids] };
-      });
+    const seqs = (n: number, lo: number, hi: number) => randomTokenExamples(r, n, { length: 16, lo, hi });
     const retain = seqs(32, 3, 50);
     const forget = seqs(16, 50, 97);
     const m = new GsLoraMethod(model, { lassoWeight: 0, forgetMargin: 1, r: 4, loraAlpha: 4 });

@@ -6,6 +6,7 @@ import { loadDataset, splitHoldout } from '../../src/io/datasets.js';
 import { LoraMethod } from '../../src/adapters/lora.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
+import { paramFeeds } from '../../src/train/param-feeds.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 
@@ -20,7 +21,7 @@ describe('LoRA', () => {
     expect(res.finalEval!.loss).toBeLessThan(res.initialEval!.loss - 0.05);
 
     const ids = [[1, 403, 407, 261, 378, 300]];
-    const adapted = await model.logits(ids, { hooks: lora.hooks('eval'), extraFeeds: Object.fromEntries(lora.params().map((p) => [p.name, { dtype: 'f32', shape: p.shape, data: p.data }])) });
+    const adapted = await model.logits(ids, { hooks: lora.hooks('eval'), extraFeeds: paramFeeds(lora.params()) });
     const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
     const patcher = new WeightPatcher(model.weights);
     const h = patcher.apply(lora.export(model));

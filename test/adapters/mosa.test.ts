@@ -4,7 +4,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
-import { loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
+import { loadDataset, splitHoldout } from '../../src/io/datasets.js';
 import { MosaMethod } from '../../src/adapters/mosa.js';
 import { adapterBranch, type BranchTensors } from '../../src/adapters/mosa-branch.js';
 import { moduleMask, partitionEntries } from '../../src/adapters/mosa-split.js';
@@ -13,19 +13,10 @@ import { Graph } from '../../src/engine/ir.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { loadAdapter, saveAdapter } from '../../src/merge/adapter.js';
 import { numel } from '../../src/tensor.js';
+import { randomTokenExamples, sameBits } from '../helpers.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
-
-const sameBits = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-
-function randomExamples(n: number, len: number, seed: number): TokenizedExample[] {
-  const r = initRng(seed);
-  return Array.from({ length: n }, () => {
-    const ids = Array.from({ length: len }, () => 3 + Math.floor(r() * 90));
-    return { inputIds: ids, labels: [...ids] };
-  });
-}
 
 describe('MoSA split', () => {
   it('partitions entries into K disjoint masks that cover the tensor, each of density 1/K ± 1%', async () => {
@@ -89,7 +80,7 @@ describe('MoSA training step and merge (tiny fixture)', () => {
         for (const m of split.modules) m.data.set(init);
       }
       const before = new Map(mosa.params().map((p) => [p.name, p.data.slice()]));
-      await new Trainer(model, mosa, { steps: 1, batchSize: 4, optimizer: { lr: 1e-2, weightDecay: 0.1 } }).train(randomExamples(4, 12, 1));
+      await new Trainer(model, mosa, { steps: 1, batchSize: 4, optimizer: { lr: 1e-2, weightDecay: 0.1 } }).train(randomTokenExamples(initRng(1), 4, { length: 12, hi: 93 }));
 
       for (const { layer, proj, split } of mosa.splitTensors()) {
         const picks = new Set(mosa.selection.get(`${proj}:${layer}`)!);
@@ -163,7 +154,7 @@ describe('MoSA training step and merge (tiny fixture)', () => {
   it('exports a dense adapter the size of a plain one that runs unfused after save/load', async () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
     const mosa = new MosaMethod(model, { bottleneck: 8, modules: 4 });
-    await new Trainer(model, mosa, { steps: 3, batchSize: 4, optimizer: { lr: 1e-2 } }).train(randomExamples(8, 12, 2));
+    await new Trainer(model, mosa, { steps: 3, batchSize: 4, optimizer: { lr: 1e-2 } }).train(randomTokenExamples(initRng(2), 8, { length: 12, hi: 93 }));
     const plain = new MosaMethod(model, { bottleneck: 8, modules: 1 });
     const count = (m: MosaMethod) => [...m.export(model).extra!.values()].reduce((s, t) => s + numel(t.shape), 0);
     const d = model.config.hiddenSize;

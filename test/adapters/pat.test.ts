@@ -15,6 +15,7 @@ import { SCHEDULE_INPUTS } from '../../src/adapters/pat-hsm.js';
 import type { LlamaConfig } from '../../src/io/config.js';
 import type { StepContext } from '../../src/train/method.js';
 import type { HostTensor } from '../../src/tensor.js';
+import { paramFeeds } from '../../src/train/param-feeds.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
@@ -34,7 +35,7 @@ function ctxAt(model: CausalLM, step: number, totalSteps: number): StepContext {
 }
 
 function feeds(pat: PatMethod, extra: Record<string, HostTensor> = {}): Record<string, HostTensor> {
-  return { ...Object.fromEntries(pat.params().map((p) => [p.name, { dtype: 'f32', shape: p.shape, data: p.data }])), ...extra };
+  return { ...paramFeeds(pat.params()), ...extra };
 }
 
 /** The logits of the PAT model with the hard inference mask (what the export must reproduce). */

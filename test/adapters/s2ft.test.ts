@@ -14,6 +14,8 @@ import {
 } from '../../src/adapters/s2ft-permute.js';
 import type { HostTensor } from '../../src/tensor.js';
 import type { LlamaConfig } from '../../src/io/config.js';
+import { paramFeeds } from '../../src/train/param-feeds.js';
+import { sameBits } from '../helpers.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
@@ -23,14 +25,6 @@ function maxDiff(a: HostTensor, b: HostTensor): number {
   let worst = 0;
   for (let i = 0; i < a.data.length; i++) worst = Math.max(worst, Math.abs(Number(a.data[i]) - Number(b.data[i])));
   return worst;
-}
-
-function feedsOf(m: S2ftMethod): Record<string, HostTensor> {
-  return Object.fromEntries(m.params().map((p) => [p.name, { dtype: 'f32', shape: p.shape, data: p.data }]));
-}
-
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
 }
 
 /** Deterministic nonzero delta values (to test equivalences without a training run). */
@@ -55,7 +49,7 @@ describe('S2FT', () => {
     const res = await trainer.train(train, held);
     expect(res.finalEval!.loss).toBeLessThan(res.initialEval!.loss - 0.05);
 
-    const trained = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: feedsOf(s2) });
+    const trained = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: paramFeeds(s2.params()) });
     const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
     const adapter = s2.export(model);
     expect(adapter.meta.kind).toBe('structured');
@@ -141,7 +135,7 @@ describe('S2FT', () => {
 
     fillDeltas(s2, 11);
     const adapter = s2.export(model);
-    const gatherForm = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: feedsOf(s2) });
+    const gatherForm = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: paramFeeds(s2.params()) });
     // Deltas moved into the permuted coordinates: FFN slices become contiguous blocks.
     const permutedAdapter = { ...adapter, structured: new Map([...adapter.structured].map(([n, d]) => [n, permuteStructuredDelta(n, d, cfg, perms)])) };
     for (let l = 0; l < cfg.numLayers; l++) {

@@ -5,21 +5,12 @@ import { grad } from '../../src/engine/autodiff.js';
 import { mul, reduceSum, constTensor } from '../../src/engine/ops/index.js';
 import { Runtime } from '../../src/engine/runtime.js';
 import type { DType, HostTensor } from '../../src/tensor.js';
+import { xorshift32 } from '../../src/util/random.js';
 
 export const runtime = new Runtime({ threads: 1 });
 
-/** Deterministic pseudo-random numbers for test data. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
-}
+/** Deterministic pseudo-random numbers for test data (xorshift32). */
+export const rng = xorshift32;
 
 export function randTensor(dtype: 'f32' | 'f64', shape: number[], r: () => number, lo = -1, hi = 1): HostTensor {
   const n = shape.reduce((a, b) => a * b, 1);

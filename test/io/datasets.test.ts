@@ -153,6 +153,12 @@ describe('shuffling, splitting, batching', () => {
     expect(a).not.toEqual(items);
   });
 
+  it('shuffled keeps its seeded order across versions (runs resume with the same data order)', () => {
+    const ten = Array.from({ length: 10 }, (_, i) => i);
+    expect(shuffled(ten, 7)).toEqual([6, 5, 8, 1, 2, 3, 4, 7, 9, 0]);
+    expect(shuffled(ten, 0)).toEqual([3, 8, 6, 4, 5, 9, 7, 1, 0, 2]);
+  });
+
   it('splitHoldout partitions deterministically', () => {
     const { train, eval: ev } = splitHoldout(items, 0.1, 3);
     expect(ev).toHaveLength(5);

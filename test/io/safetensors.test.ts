@@ -7,6 +7,7 @@ import { readSafetensors, readSafetensorsHeader, writeSafetensors } from '../../
 import { readShardedSafetensors, readShardedSafetensorsHeader } from '../../src/io/safetensors-index.js';
 import { decodeF16, encodeF16 } from '../../src/io/half.js';
 import type { HostTensor } from '../../src/tensor.js';
+import { mulberry32 } from '../../src/util/random.js';
 
 const MODEL = path.resolve('models/stories260K/model.safetensors');
 let tmp: string;
@@ -34,18 +35,6 @@ async function expectBad(file: string, pattern: RegExp): Promise<void> {
   expect((err as SparsetuneError).code).toBe('BAD_SAFETENSORS');
   expect((err as SparsetuneError).message).toContain(file);
   expect((err as SparsetuneError).message).toMatch(pattern);
-}
-
-/** Deterministic PRNG for the fuzz cases. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('reading the bundled stories260K checkpoint', () => {
@@ -196,7 +185,7 @@ describe('validation of bad files', () => {
     };
     for (let len = 0; len < good.length; len++) await attempt(good.subarray(0, len));
     expect(outcomes.ok).toBe(0); // every strict truncation loses bytes that some tensor needs
-    const rand = rng(1234);
+    const rand = mulberry32(1234);
     for (let trial = 0; trial < 400; trial++) {
       const bytes = Uint8Array.from(good);
       const flips = 1 + Math.floor(rand() * 4);

@@ -12,24 +12,15 @@ import { fingerprintWeights } from '../../src/merge/fingerprint.js';
 import type { Adapter } from '../../src/merge/types.js';
 import { LtSftMethod, createMethod, resolveLtSftConfig } from '../../src/masks/lt-sft.js';
 import { selectTopKByDelta, type SelectionTensor } from '../../src/masks/lt-sft-select.js';
+import { mulberry32 } from '../../src/util/random.js';
+import { sameBits, snapshotWeights } from '../helpers.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures', 'models');
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Random token windows over a small sub-vocabulary (so the model has something to learn). */
 function tokenData(seed: number, n: number, len: number, vocab: number): TokenizedExample[] {
-  const r = rng(seed);
+  const r = mulberry32(seed);
   const sub = Array.from({ length: 8 }, () => 3 + Math.floor(r() * (vocab - 3)));
   return Array.from({ length: n }, () => {
     const ids = Array.from({ length: len }, (_, t) => (t === 0 ? 1 : sub[Math.floor(r() * sub.length)]));
@@ -37,13 +28,9 @@ function tokenData(seed: number, n: number, len: number, vocab: number): Tokeniz
   });
 }
 
-function snapshot(model: CausalLM): Map<string, Float32Array> {
-  return new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
-}
-
 /** Names of tensors whose bits differ from `snap`. */
 function changedBits(model: CausalLM, snap: Map<string, Float32Array>): string[] {
-  return [...model.weights].filter(([k, v]) => Buffer.compare(Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength), Buffer.from(snap.get(k)!.buffer)) !== 0).map(([k]) => k);
+  return [...model.weights].filter(([k, v]) => !sameBits(v.data, snap.get(k)!)).map(([k]) => k);
 }
 
 async function trainSft(model: CausalLM, config: Record<string, unknown>, data: TokenizedExample[], opts: { sources?: Adapter[]; steps?: number; weightDecay?: number } = {}) {
@@ -55,7 +42,7 @@ async function trainSft(model: CausalLM, config: Record<string, unknown>, data: 
 
 describe('selectTopKByDelta (global streaming top-K)', () => {
   it('picks exactly k entries, all at least as changed as any candidate left out, ignoring masked ones', () => {
-    const r = rng(7);
+    const r = mulberry32(7);
     for (let trial = 0; trial < 20; trial++) {
       const tensors: SelectionTensor[] = Array.from({ length: 1 + Math.floor(r() * 4) }, (_, t) => {
         const n = 1 + Math.floor(r() * 3000);
@@ -155,7 +142,7 @@ describe('LT-SFT config and maskable tensors', () => {
 describe('LT-SFT training', () => {
   it('keeps every entry outside the mask bit-identical, exports nnz <= K in maskable tensors only, and restores the base', async () => {
     const model = await CausalLM.load(join(FIX, 'llama-mha-tied'));
-    const original = snapshot(model);
+    const original = snapshotWeights(model);
     const fp = fingerprintWeights(model.weights, { cache: false });
     // Weight decay on the trainer is deliberately on: LT-SFT must neutralize it.
     const { method, result } = await trainSft(model, { count: 300, l1: 0.1 }, tokenData(1, 24, 12, model.vocabSize), { weightDecay: 0.1 });
@@ -177,7 +164,7 @@ describe('LT-SFT training', () => {
     const maskable = new Set(method.tensors.map((t) => t.name));
     expect(changedBits(model, original).every((n) => maskable.has(n))).toBe(true);
 
-    const trained = snapshot(model);
+    const trained = snapshotWeights(model);
     const ids = [[1, 5, 9, 13, 7, 2]];
     const trainedLogits = await model.logits(ids);
     const adapter = method.export(model);
@@ -216,7 +203,7 @@ describe('LT-SFT training', () => {
 
   it('runs several iterations with masks that accumulate to K', async () => {
     const model = await CausalLM.load(join(FIX, 'llama-mha-tied'));
-    const original = snapshot(model);
+    const original = snapshotWeights(model);
     const { method, result } = await trainSft(model, { count: 301, iterations: 2 }, tokenData(2, 16, 10, model.vocabSize), { steps: 3 });
     expect(result.steps).toBe(12);
     expect(method.selections.map((s) => s.picked)).toEqual([150, 151]);
@@ -237,7 +224,7 @@ describe('LT-SFT training', () => {
 
   it('composes: deltas commute bitwise, unapply restores exact bits, a task SFT trained over a source SFT is relative to it', async () => {
     const model = await CausalLM.load(join(FIX, 'llama-mha-tied'));
-    const original = snapshot(model);
+    const original = snapshotWeights(model);
     const fp = fingerprintWeights(model.weights, { cache: false });
     const a = (await trainSft(model, { purpose: 'language', density: 0.05 }, tokenData(10, 16, 12, model.vocabSize))).method.export(model);
 
@@ -249,7 +236,7 @@ describe('LT-SFT training', () => {
       // While it trains, the base is theta0 + phi_lang.
       expect(changedBits(model, original).length).toBeGreaterThan(0);
       await new Trainer(model, task, { steps: 6, batchSize: 4, optimizer: { lr: 1e-2 }, seed: 5 }).train(tokenData(11, 16, 12, model.vocabSize));
-      const trained = snapshot(model);
+      const trained = snapshotWeights(model);
       const b = task.export(model);
       expect(changedBits(model, original)).toEqual([]);
       expect(b.meta.base.fingerprint).toBe(fp);
@@ -263,7 +250,7 @@ describe('LT-SFT training', () => {
         const w = model.weights.get(name)!.data;
         for (let i = 0; i < w.length; i++) expect(Math.abs(w[i] - want[i])).toBeLessThanOrEqual(2e-6 * Math.max(1, Math.abs(want[i])));
       }
-      const ab = snapshot(model);
+      const ab = snapshotWeights(model);
       p1.revert(ha);
       p1.revert(hb);
       expect(changedBits(model, original)).toEqual([]);
@@ -286,7 +273,7 @@ describe('LT-SFT training', () => {
 
   it('lowers held-out loss of stories260K on Spanish text, and the fused adapter gives the same loss', async () => {
     const model = await CausalLM.load(bundledModelPath());
-    const original = snapshot(model);
+    const original = snapshotWeights(model);
     const all = await loadDataset(join(DATA, 'ud-pud', 'pud_es.txt'), model.tokenizer!, { seqLen: 64 });
     const { train, eval: held } = splitHoldout(all, 0.1, 1);
     const method = new LtSftMethod(model, { purpose: 'language' });

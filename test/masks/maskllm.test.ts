@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Graph } from '../../src/engine/ir.js';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
-import { collate, loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
+import { collate, loadDataset, splitHoldout } from '../../src/io/datasets.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
 import { packBits, unpackBits } from '../../src/merge/bits.js';
@@ -15,34 +15,12 @@ import { MASKLLM_FEEDS, MaskllmMethod, configSchema, createMethod, maskllmNoiseN
 import {
   activationScores, binomial, fromRowView, inputActivationNorms, isExactlyNM, magnitudeScores, nmCandidates, oneShotNM, toRowView,
 } from '../../src/masks/priors.js';
+import { paramFeeds } from '../../src/train/param-feeds.js';
+import { xorshift32 } from '../../src/util/random.js';
+import { expectWeightsEqual, randomTokenExamples, snapshotWeights } from '../helpers.js';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
-
-function randomExamples(n: number, vocab: number, lens: number[], seed: number): TokenizedExample[] {
-  let s = seed >>> 0 || 1;
-  const rand = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 2 ** 32;
-  };
-  return Array.from({ length: n }, (_, k) => {
-    const ids = Array.from({ length: lens[k % lens.length] }, () => 3 + Math.floor(rand() * (vocab - 3)));
-    return { inputIds: ids, labels: [...ids] };
-  });
-}
-
-const paramFeeds = (m: MaskllmMethod): Record<string, HostTensor> =>
-  Object.fromEntries(m.params().map((p) => [p.name, { dtype: 'f32', shape: p.shape, data: p.data }]));
-
-const snapshot = (model: CausalLM) => new Map([...model.weights].map(([k, v]) => [k, Buffer.from(v.data.slice().buffer)]));
-
-function expectWeightsEqual(model: CausalLM, before: Map<string, Buffer>): void {
-  for (const [k, v] of model.weights) expect(Buffer.compare(Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength), before.get(k)!), k).toBe(0);
-}
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let worst = 0;
@@ -87,10 +65,10 @@ describe('MaskLLM on tiny fixtures', () => {
   it('exports exactly N:M masks along the input dim, fused == hard-mask hooks, base weights untouched', async () => {
     for (const [fixture, n, m] of [['llama-gqa', 2, 4], ['llama-gqa', 1, 4], ['llama-gqa', 3, 8], ['gpt2', 2, 4]] as const) {
       const model = await CausalLM.load(join(FIXTURES, fixture));
-      const before = snapshot(model);
+      const before = snapshotWeights(model);
       const method = new MaskllmMethod(model, { n, m, prior: 'none' });
       const trainer = new Trainer(model, method, { steps: 3, batchSize: 4, optimizer: { lr: 5e-2 } });
-      await trainer.train(randomExamples(8, model.vocabSize, [12, 9], 7));
+      await trainer.train(randomTokenExamples(xorshift32(7), 8, { length: [12, 9], hi: model.vocabSize }));
       expectWeightsEqual(model, before);
       expect(method.tensors.length).toBe(fixture === 'gpt2' ? 8 : 14);
 
@@ -106,7 +84,7 @@ describe('MaskLLM on tiny fixtures', () => {
       }
 
       const ids = [[1, 5, 9, 3, 17, 4, 8]];
-      const hooked = await model.logits(ids, { hooks: method.hooks('eval'), extraFeeds: paramFeeds(method) });
+      const hooked = await model.logits(ids, { hooks: method.hooks('eval'), extraFeeds: paramFeeds(method.params()) });
       const patcher = new WeightPatcher(model.weights);
       const handle = patcher.apply(adapter);
       const fused = await model.logits(ids);
@@ -194,7 +172,7 @@ describe('MaskLLM on tiny fixtures', () => {
 
   it('activation-aware prior: input norms ignore padding, match a direct computation, and set the mask', async () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
-    const examples = randomExamples(6, model.vocabSize, [10, 4, 7], 3);
+    const examples = randomTokenExamples(xorshift32(3), 6, { length: [10, 4, 7], hi: model.vocabSize });
     const method = new MaskllmMethod(model, { prior: 'activation', priorStrength: 1e4 });
     expect(() => method.beforeTraining()).toThrow(/calibration/);
     const sites = method.tensors.map((t) => t.site);
@@ -248,7 +226,7 @@ describe('MaskLLM on stories260K', () => {
 
   it('the learned 2:4 mask has lower held-out perplexity than magnitude 2:4', async () => {
     const model = await CausalLM.load(bundledModelPath());
-    const before = snapshot(model);
+    const before = snapshotWeights(model);
     const all = await loadDataset(join(DATA, 'tinystories', 'tinystories_valid_head.txt'), model.tokenizer!, { seqLen: 64 });
     const { train, eval: heldAll } = splitHoldout(all, 0.05, 1);
     const held = heldAll.slice(0, 64);

@@ -6,7 +6,7 @@ import { Graph } from '../../src/engine/ir.js';
 import { grad } from '../../src/engine/autodiff.js';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
-import { collate, loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
+import { collate, loadDataset, splitHoldout } from '../../src/io/datasets.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
 import { loadAdapter, saveAdapter } from '../../src/merge/adapter.js';
@@ -14,45 +14,17 @@ import { packBits, paddingIsClear, unpackBits } from '../../src/merge/bits.js';
 import type { HostTensor } from '../../src/tensor.js';
 import { RamtMethod, configSchema } from '../../src/masks/ramt.js';
 import { gradientDropout, keepProbability } from '../../src/masks/ramt-dropout.js';
+import { paramFeeds } from '../../src/train/param-feeds.js';
+import { mulberry32 } from '../../src/util/random.js';
+import { expectWeightsEqual, randomTokenExamples, sameBits, snapshotWeights } from '../helpers.js';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 
-/** mulberry32: seeded test data. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function randomExamples(n: number, vocab: number, len: number, seed: number): TokenizedExample[] {
-  const r = rng(seed);
-  return Array.from({ length: n }, () => {
-    const ids = Array.from({ length: len }, () => 3 + Math.floor(r() * (vocab - 3)));
-    return { inputIds: ids, labels: [...ids] };
-  });
-}
-
-const paramFeeds = (m: RamtMethod): Record<string, HostTensor> =>
-  Object.fromEntries(m.params().map((p) => [p.name, { dtype: 'f32', shape: p.shape, data: p.data }]));
-
-const snapshot = (model: CausalLM) => new Map([...model.weights].map(([k, v]) => [k, Buffer.from(v.data.slice().buffer)]));
-
-function expectWeightsEqual(model: CausalLM, before: Map<string, Buffer>): void {
-  for (const [k, v] of model.weights) expect(Buffer.compare(Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength), before.get(k)!), k).toBe(0);
-}
-
-const sameBits = (a: Float32Array, b: Float32Array) => Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
-
 describe('R-AMT gradient dropout (synthetic gradients)', () => {
   it('keeps same-sign gradients always, opposite-sign ones at |a|/(|a|+|b|), and never mixes g_b into the update', () => {
     const n = 200_000;
-    const r = rng(11);
+    const r = mulberry32(11);
     const ga = new Float32Array(n);
     const gb = new Float32Array(n);
     for (let i = 0; i < n; i++) {
@@ -60,7 +32,7 @@ describe('R-AMT gradient dropout (synthetic gradients)', () => {
       gb[i] = (r() < 0.5 ? -1 : 1) * (0.01 + 2 * r());
     }
     const out = ga.slice();
-    const stats = gradientDropout(out, gb, 1, rng(99));
+    const stats = gradientDropout(out, gb, 1, mulberry32(99));
     expect(stats.kept + stats.dropped).toBe(n);
     let opposite = 0;
     let keptOpp = 0;
@@ -94,17 +66,17 @@ describe('R-AMT gradient dropout (synthetic gradients)', () => {
     const m = 40_000;
     const a1 = new Float32Array(m).fill(1);
     const b3 = new Float32Array(m).fill(-3);
-    gradientDropout(a1, b3, 1, rng(5));
+    gradientDropout(a1, b3, 1, mulberry32(5));
     const kept = a1.reduce((s, v) => s + v, 0);
     const sd = Math.sqrt(m * 0.25 * 0.75);
     expect(Math.abs(kept - m / 4)).toBeLessThan(4.5 * sd);
 
     // lambda = 0 is AMT (no change); lambda = 0.5 halves a dropped gradient.
     const g0 = ga.slice(0, 1000);
-    gradientDropout(g0, gb.slice(0, 1000), 0, rng(1));
+    gradientDropout(g0, gb.slice(0, 1000), 0, mulberry32(1));
     expect(sameBits(g0, ga.slice(0, 1000))).toBe(true);
     const gh = ga.slice(0, 1000);
-    gradientDropout(gh, gb.slice(0, 1000), 0.5, rng(1));
+    gradientDropout(gh, gb.slice(0, 1000), 0.5, mulberry32(1));
     let halved = 0;
     for (let i = 0; i < 1000; i++) {
       expect(gh[i] === ga[i] || gh[i] === Math.fround(0.5 * ga[i])).toBe(true);
@@ -117,7 +89,7 @@ describe('R-AMT gradient dropout (synthetic gradients)', () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
     const method = new RamtMethod(model);
     const mk = (seed: number) => {
-      const r = rng(seed);
+      const r = mulberry32(seed);
       return new Map(method.params().map((p) => [p.name, Float32Array.from({ length: p.data.length }, () => r() - 0.5)]));
     };
     const ga = mk(1);
@@ -152,12 +124,12 @@ describe('R-AMT on a tiny fixture', () => {
     const ids = [[1, 7, 22, 5, 13, 9]];
     const base = await model.logits(ids);
     for (const mode of ['train', 'eval'] as const) {
-      const out = await model.logits(ids, { hooks: method.hooks(mode), extraFeeds: paramFeeds(method) });
+      const out = await model.logits(ids, { hooks: method.hooks(mode), extraFeeds: paramFeeds(method.params()) });
       expect(sameBits(out.data as Float32Array, base.data as Float32Array), mode).toBe(true);
     }
 
     // Scores scattered around the threshold: W_eff is W or 0, element by element.
-    const r = rng(3);
+    const r = mulberry32(3);
     for (const t of method.tensors) for (let i = 0; i < t.scores.data.length; i++) t.scores.data[i] = method.config.threshold + (r() - 0.5) * 1e-2;
     const t = method.tensors[2];
     const w = model.weights.get(t.site.weightName)!;
@@ -180,9 +152,9 @@ describe('R-AMT on a tiny fixture', () => {
   it('the STE gradient equals dL/dW_eff ⊙ W', async () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
     const method = new RamtMethod(model, { scoreNormWeight: 0 });
-    const r = rng(8);
+    const r = mulberry32(8);
     for (const t of method.tensors) for (let i = 0; i < t.scores.data.length; i++) t.scores.data[i] = method.config.threshold + (r() - 0.5) * 1e-2;
-    const batch = collate(randomExamples(2, model.vocabSize, 9, 4), 0);
+    const batch = collate(randomTokenExamples(mulberry32(4), 2, { length: 9, hi: model.vocabSize }), 0);
     const data = CausalLM.trainFeeds(batch);
 
     // dL/dS through the method's STE hook.
@@ -190,7 +162,7 @@ describe('R-AMT on a tiny fixture', () => {
     const sInputs = method.tensors.map((t) => ste.graph.inputs.find((v) => v.name === t.scores.name)!);
     grad(ste.loss!, sInputs).forEach((gv, k) => ste.graph.output(`g${k}`, gv));
     const compiledSte = await model.runtime.compile(ste.graph);
-    const steOut = await compiledSte.run(model.feeds(compiledSte, { ...data, ...paramFeeds(method) }));
+    const steOut = await compiledSte.run(model.feeds(compiledSte, { ...data, ...paramFeeds(method.params()) }));
 
     // dL/dW_eff of the same loss with the masked weights fed directly.
     const plain = model.build('train', {});
@@ -218,10 +190,10 @@ describe('R-AMT on a tiny fixture', () => {
 
   it('trains without touching base weights; export bits round-trip; fused == hooked; revert is exact', async () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
-    const before = snapshot(model);
+    const before = snapshotWeights(model);
     const method = new RamtMethod(model);
     const trainer = new Trainer(model, method, { steps: 12, batchSize: 4, optimizer: { lr: 2e-3 }, schedule: { type: 'constant' } });
-    const res = await trainer.train(randomExamples(8, model.vocabSize, 10, 2));
+    const res = await trainer.train(randomTokenExamples(mulberry32(2), 8, { length: 10, hi: model.vocabSize }));
     expect(res.history.at(-1)!.metrics.kl_to_base).toBeGreaterThan(0);
     expectWeightsEqual(model, before);
 
@@ -244,7 +216,7 @@ describe('R-AMT on a tiny fixture', () => {
     }
 
     const ids = [[1, 7, 22, 5, 13, 9]];
-    const hooked = await model.logits(ids, { hooks: method.hooks('eval'), extraFeeds: paramFeeds(method) });
+    const hooked = await model.logits(ids, { hooks: method.hooks('eval'), extraFeeds: paramFeeds(method.params()) });
     const patcher = new WeightPatcher(model.weights);
     const h = patcher.apply(adapter);
     const fused = await model.logits(ids);
@@ -255,7 +227,7 @@ describe('R-AMT on a tiny fixture', () => {
 
   it('bit-packs MSB first and round-trips sizes not divisible by 8', () => {
     expect([...packBits([1, 0, 0, 0, 0, 0, 0, 1, 1])]).toEqual([0x81, 0x80]);
-    const r = rng(21);
+    const r = mulberry32(21);
     for (let n = 1; n <= 41; n++) {
       const scores = Float32Array.from({ length: n }, () => (r() < 0.5 ? 1e-2 : 0));
       const mask = Uint8Array.from(scores, (v) => (v > 5e-3 ? 1 : 0));
@@ -270,7 +242,7 @@ describe('R-AMT on a tiny fixture', () => {
 describe('R-AMT vs AMT on stories260K', () => {
   it('R-AMT drifts less on held-out TinyStories after training on a shifted domain', async () => {
     const model = await CausalLM.load(bundledModelPath());
-    const before = snapshot(model);
+    const before = snapshotWeights(model);
     const task = await loadDataset(join(DATA, 'ud-pud', 'pud_en.txt'), model.tokenizer!, { seqLen: 64 });
     const { train, eval: taskHeld } = splitHoldout(task, 0.1, 1);
     const general = (await loadDataset(join(DATA, 'tinystories', 'tinystories_valid_head.txt'), model.tokenizer!, { seqLen: 64 })).slice(0, 48);

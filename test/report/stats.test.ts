@@ -7,6 +7,7 @@ import { countNmPatterns, nmPatterns } from '../../src/report/mask-stats.js';
 import { locateParam } from '../../src/report/params.js';
 import { readBaseInfo } from '../../src/report/base-info.js';
 import { binSelection } from '../../src/report/adapter-charts.js';
+import { lcg32, NUMERICAL_RECIPES_LCG } from '../../src/util/random.js';
 
 const base = () => readBaseInfo(bundledModelPath());
 const meta = (method: string, kind: 'additive' | 'structured' | 'mask' | 'lowrank' | 'pruned', config: Record<string, unknown> = {}) =>
@@ -14,13 +15,8 @@ const meta = (method: string, kind: 'additive' | 'structured' | 'mask' | 'lowran
 
 /** A deterministic pseudo-random f32 array. */
 function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 32 - 0.5;
-  }
-  return out;
+  const rand = lcg32(seed, NUMERICAL_RECIPES_LCG);
+  return Float32Array.from({ length: n }, () => rand() - 0.5);
 }
 
 describe('report statistics', () => {

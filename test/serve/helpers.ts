@@ -13,18 +13,10 @@ import { newAdapter, type Adapter } from '../../src/merge/types.js';
 import type { CausalLM } from '../../src/models/causal-lm.js';
 import { generateText } from '../../src/models/generate.js';
 import type { HostTensor } from '../../src/tensor.js';
+import { mulberry32 } from '../../src/util/random.js';
 
-/** mulberry32: small, fast, seeded. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded uniforms in [0, 1) (mulberry32). */
+export const rng = mulberry32;
 
 /**
  * A sparse additive adapter touching a fraction `density` of every 2-D weight, values

@@ -9,17 +9,14 @@ import { Trainer, type TrainerConfigInput } from '../../src/train/trainer.js';
 import { runTraining } from '../../src/train/run.js';
 import { readMetrics } from '../../src/train/metrics.js';
 import { CheckpointManager, loadCheckpoint } from '../../src/train/checkpoint.js';
+import { ANSI_C_LCG, lcg32 } from '../../src/util/random.js';
+import { randomTokenExamples } from '../helpers.js';
 
 const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'models', 'llama-gqa');
 
 /** Seeded token sequences of varied length (so batches need padding and epochs wrap). */
 function syntheticData(n: number, vocab: number, seed: number): TokenizedExample[] {
-  let s = seed;
-  const rand = () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32);
-  return Array.from({ length: n }, (_, i) => {
-    const ids = Array.from({ length: 8 + (i % 5) }, () => 3 + Math.floor(rand() * (vocab - 3)));
-    return { inputIds: ids, labels: [...ids] };
-  });
+  return randomTokenExamples(lcg32(seed, ANSI_C_LCG), n, { length: [8, 9, 10, 11, 12], hi: vocab });
 }
 
 const LORA = { r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 3 };

@@ -3,7 +3,7 @@ import { SparsetuneError } from '../../errors.js';
 import { loadDataset } from '../../io/datasets.js';
 import { evaluateLoss } from '../../train/evaluation.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { applyAdapters, loadCliModel } from '../adapters.js';
+import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG } from '../adapters.js';
 import { countProgress, log, printJson } from '../output.js';
 import { accuracy, candidateLabels, readLabelledRows } from '../classify-data.js';
 
@@ -12,13 +12,13 @@ export const spec: CommandSpec = {
   summary: 'Evaluate loss and perplexity on a data file; prints {"loss","ppl","tokens"} as JSON.',
   usage: 'eval --data FILE [--model M] [--adapter DIR ...] [--seq-len N]',
   flags: {
-    model: { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' },
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply (repeat to combine)' },
+    model: MODEL_FLAG,
+    adapter: APPLY_ADAPTER_FLAG,
     data: { type: 'string', value: 'FILE', description: 'evaluation data (.jsonl or .txt, as for train)', required: true },
     'seq-len': { type: 'string', value: 'N', description: 'tokens per example', default: 'min(128, model max)' },
     'batch-size': { type: 'string', value: 'N', description: 'examples per batch', default: '8' },
     'max-batches': { type: 'string', value: 'N', description: 'evaluate at most N batches (0 = all)', default: '0' },
-    force: { type: 'boolean', description: 'apply adapters even if trained on other base weights' },
+    force: FORCE_FLAG,
     classify: { type: 'boolean', description: 'also score {"prompt","completion"|"label"} rows by log-likelihood and add "accuracy"' },
     labels: { type: 'string', value: 'LIST', description: 'with --classify: comma-separated candidate labels', default: 'the distinct labels in --data' },
   },

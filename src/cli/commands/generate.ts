@@ -2,7 +2,7 @@
 import { SparsetuneError } from '../../errors.js';
 import { streamGenerate } from '../../models/generate.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { applyAdapters, loadCliModel } from '../adapters.js';
+import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG } from '../adapters.js';
 import { log } from '../output.js';
 
 export const spec: CommandSpec = {
@@ -10,8 +10,8 @@ export const spec: CommandSpec = {
   summary: 'Generate text from a prompt, streamed to stdout.',
   usage: 'generate --prompt TEXT [--model M] [--adapter DIR ...] [--max-tokens N] [--temperature T]',
   flags: {
-    model: { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' },
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply (repeat to combine)' },
+    model: MODEL_FLAG,
+    adapter: APPLY_ADAPTER_FLAG,
     prompt: { type: 'string', value: 'TEXT', description: 'text to continue', required: true },
     'max-tokens': { type: 'string', value: 'N', description: 'new tokens at most', default: "the model's max_new_tokens, else 64" },
     temperature: { type: 'string', value: 'T', description: 'sampling temperature (0 = greedy)', default: '0' },
@@ -21,7 +21,7 @@ export const spec: CommandSpec = {
     seed: { type: 'string', value: 'N', description: 'seed of the sampler (random when absent)' },
     stop: { type: 'string', value: 'S', multiple: true, description: 'stop when this text appears (repeatable)' },
     echo: { type: 'boolean', description: 'print the prompt before the continuation' },
-    force: { type: 'boolean', description: 'apply adapters even if trained on other base weights' },
+    force: FORCE_FLAG,
   },
 };
 

@@ -1,6 +1,6 @@
 /** `sparsetune logits`: the logits of every position for a list of token ids, as JSON. */
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { applyAdapters, loadCliModel } from '../adapters.js';
+import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG } from '../adapters.js';
 import { log, printJson } from '../output.js';
 
 export const spec: CommandSpec = {
@@ -8,10 +8,10 @@ export const spec: CommandSpec = {
   summary: 'Print the logits of every position as JSON: {"ids", "shape": [T, V], "logits": [[...V] x T]}.',
   usage: 'logits --ids 1,2,3 [--model M] [--adapter DIR ...]',
   flags: {
-    model: { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' },
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply (repeat to combine)' },
+    model: MODEL_FLAG,
+    adapter: APPLY_ADAPTER_FLAG,
     ids: { type: 'string', value: 'LIST', description: 'comma-separated token ids, e.g. 1,403,407', required: true },
-    force: { type: 'boolean', description: 'apply adapters even if trained on other base weights' },
+    force: FORCE_FLAG,
   },
 };
 

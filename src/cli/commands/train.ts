@@ -14,7 +14,7 @@ import type { CausalLM } from '../../models/causal-lm.js';
 import { CHECKPOINTS_DIR, METRICS_FILE, runTraining, type RunTrainingResult } from '../../train/run.js';
 import type { TrainerConfigInput } from '../../train/trainer.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec, type Flags } from '../args.js';
-import { loadCliModel, modelRef } from '../adapters.js';
+import { loadCliModel, MODEL_FLAG, modelRef } from '../adapters.js';
 import { methodHelp } from '../method-help.js';
 import { checkMethodName, isZerothOrder, loadMethodModule, readConfigFile, schemaHasField, validateMethodConfig, ALL_METHODS } from '../method-config.js';
 import { loadOptional, optionalModules } from '../optional.js';
@@ -27,7 +27,7 @@ export const spec: CommandSpec = {
   summary: 'Fine-tune a model with a sparse/PEFT method and save the adapter.',
   usage: 'train --method NAME --data FILE --out DIR [--model M] [--eval FILE] [options]',
   flags: {
-    model: { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' },
+    model: MODEL_FLAG,
     method: { type: 'string', value: 'NAME', description: `fine-tuning method: ${ALL_METHODS.join(', ')}`, required: true },
     data: { type: 'string', value: 'FILE', description: 'training data (.jsonl with text | prompt+completion | messages, or .txt)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output directory: adapter.json + adapter.safetensors, metrics.jsonl, checkpoints/', required: true },
