@@ -254,6 +254,39 @@ export class LtSftMethod implements Method {
     }
   }
 
+  /** Checkpoint state: phase, iteration, masks, selections and P_prev (typed arrays go to the tensor file). */
+  state(): Record<string, unknown> {
+    return {
+      phase: this.currentPhase,
+      iteration: this.iteration,
+      selections: this.selections.map((r) => ({ ...r })),
+      masks: Object.fromEntries([...this.masks].map(([n, m]) => [n, m.slice()])),
+      previous: this.previous ? Object.fromEntries([...this.previous].map(([n, p]) => [n, p.slice()])) : null,
+    };
+  }
+
+  /** Restore checkpoint state (the trainer restores the weights themselves afterwards). */
+  loadState(s: Record<string, unknown>): void {
+    const phase = s.phase as LtSftPhase;
+    if (phase !== 'full' && phase !== 'sparse') {
+      throw new SparsetuneError('BAD_ARGUMENT', `lt-sft: cannot resume a run in phase '${String(phase)}'; only runs still training (full or sparse phase) resume`);
+    }
+    const masks = s.masks as Record<string, Uint8Array>;
+    for (const [name, m] of this.masks) {
+      const saved = masks?.[name];
+      if (!(saved instanceof Uint8Array) || saved.length !== m.length) {
+        throw new SparsetuneError('BAD_ARGUMENT', `lt-sft: the checkpoint has no valid mask for '${name}'; it was made with other target modules`);
+      }
+      m.set(saved);
+    }
+    this.selections.length = 0;
+    this.selections.push(...((s.selections as SelectionResult[]) ?? []));
+    this.iteration = Number(s.iteration ?? 0);
+    const prev = s.previous as Record<string, Float32Array> | null;
+    this.previous = prev ? new Map(Object.entries(prev)) : null;
+    this.currentPhase = phase;
+  }
+
   nextPhase(): boolean {
     if (this.currentPhase === 'full') {
       const n = this.config.iterations;

@@ -215,6 +215,9 @@ export class Trainer {
 
   /** Put a captured state back: method state first (it may change the param set), then tensors. */
   private async applyResume(state: TrainerState): Promise<CompiledObjective> {
+    if (state.phase > 0 && !this.method.loadState) {
+      throw new SparsetuneError('BAD_ARGUMENT', `cannot resume: the checkpoint is in training phase ${state.phase + 1} of method ${this.method.name}, which keeps no state to resume a later phase; start the run again`);
+    }
     if (state.methodState !== undefined) {
       if (!this.method.loadState) throw new SparsetuneError('BAD_ARGUMENT', `cannot resume: the checkpoint holds state for method ${this.method.name}, which cannot load state`);
       this.method.loadState(structuredClone(state.methodState));
