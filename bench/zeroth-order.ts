@@ -4,7 +4,8 @@
  *      batch), each in its own child process so maxRSS means something (goal <= 1.1x);
  *  (b) time of one Sparse-MeZO step vs two forward passes (goal <= 1.15x);
  *  (c) held-out loss per wall-clock second vs first-order LoRA on the same data;
- *  (d) Sparse-MeZO vs MeZO at the same number of forward passes, several seeds.
+ *  (d) Sparse-MeZO vs MeZO at the same number of forward passes, several seeds;
+ *  (e) the perturbation passes alone (no forwards) per generator, ns per trainable element.
  * Models: stories260K (real) and a random ~30M Llama written to a temp dir (ZO training
  * re-reads original weights from disk, so the model must live in one).
  * Run: node --import tsx bench/zeroth-order.ts   (SPARSETUNE_THREADS, default 2)
@@ -22,6 +23,9 @@ import { CausalLM } from '../src/models/causal-lm.js';
 import { LLAMA_30M, randomModel } from '../src/models/random.js';
 import { Trainer } from '../src/train/trainer.js';
 import { restoreBase } from '../src/zeroth-order/base-weights.js';
+import { PerturbationKernel } from '../src/zeroth-order/perturb.js';
+import { NOISE_GENERATORS, type TrainableTensor } from '../src/zeroth-order/rng.js';
+import { sparseMezoThreshold } from '../src/zeroth-order/thresholds.js';
 import { ZerothOrderTrainer, type ZoTrainOptions } from '../src/zeroth-order/train.js';
 import { table, timeIt, writeResults } from './util.js';
 
@@ -167,6 +171,32 @@ async function loraRun(model: CausalLM, train: TokenizedExample[], held: Tokeniz
   return { initial: res.initialEval!.loss, final: res.finalEval!.loss, steps: res.steps, trainSeconds, curve };
 }
 
+// ---------------------------------------------------------------------------------------
+// (e) The passes of one step (plus, minus, restore + update) without forwards.
+
+/** Fastest of `reps` steps' passes over `tensors` (a copy), in ns per element, per generator and method. */
+function kernelTimes(tensors: TrainableTensor[], reps: number) {
+  const total = tensors.reduce((a, t) => a + t.data.length, 0);
+  const rows = [];
+  for (const generator of NOISE_GENERATORS) {
+    for (const sparsity of [0.8, undefined]) {
+      const copy = tensors.map((t) => ({ name: t.name, data: t.data.slice() }));
+      const thresholds = sparsity === undefined ? null : Float64Array.from(copy, (t) => sparseMezoThreshold(t.data, sparsity));
+      const kernel = new PerturbationKernel({ tensors: copy, thresholds, eps: 1e-3, chunk: 16384, exactRestore: false, generator });
+      let best = Infinity;
+      for (let r = 0; r <= reps; r++) {
+        const t0 = performance.now();
+        kernel.plus(r);
+        kernel.minus(r);
+        kernel.restoreAndUpdate([r], [0.01], 1e-6, 0);
+        if (r > 0) best = Math.min(best, performance.now() - t0); // r = 0 warms up
+      }
+      rows.push({ generator, method: sparsity === undefined ? 'mezo' : 'sparse-mezo', ms: best, nsPerElement: (best * 1e6) / total });
+    }
+  }
+  return { elements: total, rows };
+}
+
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const std = (xs: number[]) => Math.sqrt(mean(xs.map((x) => (x - mean(xs)) ** 2)));
 
@@ -229,6 +259,13 @@ async function main() {
       { method: `sparse-mezo (full block linears, lr ${best['sparse-mezo']})`, ...zo },
       { method: 'lora r=8 all linears, AdamW lr 3e-3 (first order)', ...lora },
     ];
+
+    // (e) Last: its tensor copies raise this process's RSS, and a child spawned after that would
+    // report it (Linux keeps the peak RSS across fork + exec).
+    const kernelTensors = [...big.weights.entries()]
+      .filter(([name]) => /\.(q|k|v|o|gate|up|down)_proj\.weight$/.test(name))
+      .map(([name, t]) => ({ name, data: t.data as Float32Array }));
+    const kernel = kernelTimes(kernelTensors, 4);
     const totalS = (performance.now() - t0) / 1000;
 
     const md = [
@@ -271,9 +308,15 @@ async function main() {
         perSecond.map((p) => [p.method, p.steps, p.trainSeconds, p.initial, p.final, (p.initial - p.final) / p.trainSeconds]),
       ),
       '',
+      `(e) The passes of one step alone (plus, minus, restore + update; no forwards) over the ${kernel.elements} block-linear`,
+      'weights of the random ~30M Llama, fastest of 4 steps, chunk 16384, eps 1e-3. Generators: hash = keyed integer hash +',
+      'quantile table (default), philox = Philox4x32-10 + Box-Muller (format-1 trajectories).',
+      '',
+      table(['generator', 'method', 'ms per step', 'ns per element per step'], kernel.rows.map((r) => [r.generator, r.method, r.ms, r.nsPerElement])),
+      '',
       `Total bench time ${totalS.toFixed(0)} s.`,
     ].join('\n');
-    writeResults('zeroth-order', { threads, batch: BATCH, seqLen: SEQ, memory: memRows, tuning, compare, perSecond, totalSeconds: totalS }, md);
+    writeResults('zeroth-order', { threads, batch: BATCH, seqLen: SEQ, memory: memRows, tuning, compare, perSecond, kernel, totalSeconds: totalS }, md);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }

@@ -1,6 +1,7 @@
 /** Configuration of the zeroth-order optimizers, validated with zod (it also comes from JSON files). */
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
+import { DEFAULT_NOISE_GENERATOR, NOISE_GENERATORS, type NoiseGenerator } from './rng.js';
 
 /** MeZO / Sparse-MeZO settings. */
 export interface ZoConfig {
@@ -16,7 +17,7 @@ export interface ZoConfig {
   seed: number;
   /** Sparse-MeZO: fraction of each tensor NOT perturbed (e.g. 0.8). Undefined = plain MeZO. */
   sparsity?: number;
-  /** Elements per generator chunk (scratch size; never changes results). Default 65536. */
+  /** Elements per pass chunk (scratch of ~30 bytes per element; never changes results). Default 16384. */
   chunk?: number;
   /**
    * Keep the start value of every element whose perturb/restore cycle is not bit-exact in a
@@ -24,12 +25,19 @@ export interface ZoConfig {
    * memory stays at inference level and restore is within about one float32 ulp.
    */
   exactRestore?: boolean;
+  /**
+   * Generator of the noise z: 'hash' (default; integer hash + quantile table, several times
+   * faster) or 'philox' (Philox4x32-10 + Box-Muller, the only one before this field existed;
+   * format-1 trajectories replay with it). Part of the run's definition, like the seed.
+   */
+  generator?: NoiseGenerator;
 }
 
 /** A config with every default filled in. */
 export type ResolvedZoConfig = Required<Omit<ZoConfig, 'sparsity'>> & { sparsity: number | undefined };
 
-export const DEFAULT_CHUNK = 65536;
+/** Elements per pass chunk: the per-chunk scratch (~0.5 MB) and the chunk's weights stay in L2. */
+export const DEFAULT_CHUNK = 16384;
 
 /** Schema of a ZoConfig (unknown keys rejected so typos are caught; zod numbers are finite). */
 export const zoConfigSchema = z
@@ -42,6 +50,7 @@ export const zoConfigSchema = z
     sparsity: z.number().min(0).lt(1).optional(),
     chunk: z.number().int().min(1).max(1 << 26).optional(),
     exactRestore: z.boolean().optional(),
+    generator: z.enum(NOISE_GENERATORS as [NoiseGenerator, ...NoiseGenerator[]]).optional(),
   })
   .strict();
 
@@ -52,7 +61,7 @@ export function resolveZoConfig(cfg: unknown): ResolvedZoConfig {
     const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(config)'}: ${issue.message}`).join('; ');
     throw new SparsetuneError(
       'BAD_ARGUMENT',
-      `Invalid zeroth-order config: ${problems}. Expected lr > 0, eps > 0 (finite), integer seed >= 0, samples >= 1, sparsity in [0, 1).`,
+      `Invalid zeroth-order config: ${problems}. Expected lr > 0, eps > 0 (finite), integer seed >= 0, samples >= 1, sparsity in [0, 1), generator one of ${NOISE_GENERATORS.join(', ')}.`,
     );
   }
   const c = parsed.data;
@@ -65,5 +74,6 @@ export function resolveZoConfig(cfg: unknown): ResolvedZoConfig {
     sparsity: c.sparsity,
     chunk: c.chunk ?? DEFAULT_CHUNK,
     exactRestore: c.exactRestore ?? false,
+    generator: c.generator ?? DEFAULT_NOISE_GENERATOR,
   };
 }

@@ -8,7 +8,8 @@
  * then x −= lr·(mean_k g_k·z_k + wd·x), with z regenerated from the seeds (never stored). The last
  * restore and the update share one pass. Sparse-MeZO restricts all of it to the entries with
  * |x| <= h_l, h_l fixed per tensor at construction; membership is decided on each step's start
- * weights. The list of (step, seed, g, lr) records replays the run bit-for-bit.
+ * weights. The list of (step, seed, g, lr) records replays the run bit-for-bit, given the
+ * config (including its noise `generator`, rng.ts).
  */
 import { SparsetuneError } from '../errors.js';
 import { resolveZoConfig, type ResolvedZoConfig, type ZoConfig } from './config.js';
@@ -46,6 +47,10 @@ function validateTensors(tensors: readonly TrainableTensor[]): void {
   for (const t of tensors) {
     if (!(t?.data instanceof Float32Array) || t.data.length === 0) {
       throw new SparsetuneError('BAD_ARGUMENT', `Trainable tensor "${t?.name}" must have a non-empty Float32Array as data.`);
+    }
+    // The kernels index elements with 32-bit integers.
+    if (t.data.length > 2 ** 32) {
+      throw new SparsetuneError('BAD_ARGUMENT', `Trainable tensor "${t.name}" has ${t.data.length} elements (limit 2^32); split it into several tensors.`);
     }
   }
   // Two views of the same memory would be perturbed twice and never restore.
@@ -85,7 +90,7 @@ function makeKernel(tensors: readonly TrainableTensor[], cfg: ResolvedZoConfig):
   validateTensors(tensors);
   const thresholds = computeThresholds(tensors, cfg);
   if (thresholds === null) checkFinite(tensors); // the threshold pass already checks
-  const kernel = new PerturbationKernel({ tensors, thresholds, eps: cfg.eps, chunk: cfg.chunk, exactRestore: cfg.exactRestore });
+  const kernel = new PerturbationKernel({ tensors, thresholds, eps: cfg.eps, chunk: cfg.chunk, exactRestore: cfg.exactRestore, generator: cfg.generator });
   return { kernel, thresholds };
 }
 

@@ -1,82 +1,37 @@
 /**
- * Counter-based random numbers for zeroth-order training and sampling.
+ * Counter-based random numbers for zeroth-order training and sampling: every value is a pure
+ * function of (seed, stream, index), so any slice can be regenerated on its own — the property
+ * MeZO needs to produce the same z several times per step without storing it.
  *
- * Generator: Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
- * SC 2011). It maps a 128-bit counter and a 64-bit key to 128 random bits with no state, so
- * the value at any position is a pure function of (seed, stream, index) and any slice can be
- * regenerated on its own — the property MeZO needs to produce the same z four times per step
- * without storing it. Checked against the Random123 known-answer vectors in the tests.
+ * Normals come from one of two generators (`NoiseGenerator`, recorded in every trajectory):
+ *   - 'hash' (default, ~4 ns per value): a keyed 32-bit integer hash per element and a table of
+ *     the normal quantile; see hash-normal.ts for its definition and accuracy.
+ *   - 'philox' (format-1 trajectories, ~23 ns per value): Philox4x32-10 blocks and Box-Muller,
+ *     laid out as below. Kept so that older runs replay bit for bit.
+ * Uniforms and derived seeds always use Philox (the sampler and step seeds depend on them).
  *
- * Layout (fixed; changing it changes every trajectory):
+ * Philox layout (fixed; changing it changes every trajectory):
  *   key     = [seed mod 2^32, floor(seed / 2^32)]       (seed: integer in [0, 2^53))
  *   counter = [block mod 2^32, floor(block / 2^32), stream, domain]
  * where block = floor(index / 4) and the 4 output words serve indices 4·block .. 4·block+3.
- * `domain` separates independent uses of one (seed, stream): normals, uniforms, derived seeds.
- *
- * Normals: Box-Muller on the word pairs (w0,w1) and (w2,w3) of a block, one pair of normals
- * each (see `boxMullerPair`), computed in float64 and rounded to float32 on store. Only + * /
- * and sqrt are used (all correctly rounded in IEEE 754), so the bits are the same everywhere.
- * z is a pure function of (seed, stream, index): a fill of any slice equals the same slice of
- * a longer fill. Cost on the 2-core dev box: ~23 ns per normal (Philox ~15, transform ~8).
+ * Philox normals: Box-Muller on the word pairs (w0,w1) and (w2,w3) of a block, computed in
+ * float64 with + * / and sqrt only (correctly rounded in IEEE 754, so the same bits
+ * everywhere), rounded to float32 on store.
  */
 import { SparsetuneError } from '../errors.js';
+import { fillHashNormal, hashKeys, hashNormalAt, ensureHashNormalTables } from './hash-normal.js';
+import { DOMAIN_NORMAL, DOMAIN_SEED, DOMAIN_UNIFORM, philox4x32 } from './philox.js';
 
-/** Counter word 3 values: independent sub-generators for one (seed, stream). */
-export const DOMAIN_NORMAL = 0;
-export const DOMAIN_UNIFORM = 1;
-export const DOMAIN_SEED = 2;
+export { DOMAIN_NORMAL, DOMAIN_SEED, DOMAIN_UNIFORM, philox4x32 } from './philox.js';
 
-const PHILOX_M0 = 0xd2511f53;
-const PHILOX_M1 = 0xcd9e8d57;
-const PHILOX_W0 = 0x9e3779b9;
-const PHILOX_W1 = 0xbb67ae85;
-const M0_LO = PHILOX_M0 & 0xffff;
-const M0_HI = PHILOX_M0 >>> 16;
-const M1_LO = PHILOX_M1 & 0xffff;
-const M1_HI = PHILOX_M1 >>> 16;
+/** Which generator produces the normals z: see the module comment. */
+export type NoiseGenerator = 'hash' | 'philox';
+export const NOISE_GENERATORS: readonly NoiseGenerator[] = ['hash', 'philox'];
+/** The generator of new runs. */
+export const DEFAULT_NOISE_GENERATOR: NoiseGenerator = 'hash';
+
 const TWO_POW_32 = 4294967296;
 const INV_TWO_POW_32 = 1 / TWO_POW_32;
-
-/** High 32 bits of the 64-bit product of uint32 `a` and a multiplier split into 16-bit halves. */
-function mulHi(a: number, bLo: number, bHi: number): number {
-  const aLo = a & 0xffff;
-  const aHi = a >>> 16;
-  const ll = aLo * bLo;
-  const lh = aLo * bHi;
-  const hl = aHi * bLo;
-  // Every partial product is < 2^32, so these doubles are exact.
-  const mid = (ll >>> 16) + (lh & 0xffff) + (hl & 0xffff);
-  return (aHi * bHi + (lh >>> 16) + (hl >>> 16) + (mid >>> 16)) >>> 0;
-}
-
-/**
- * One Philox4x32-10 block: writes the 4 output words for counter (c0..c3) and key (k0, k1)
- * into `out`. All inputs are uint32 values.
- */
-export function philox4x32(c0: number, c1: number, c2: number, c3: number, k0: number, k1: number, out: Uint32Array): void {
-  let x0 = c0 >>> 0;
-  let x1 = c1 >>> 0;
-  let x2 = c2 >>> 0;
-  let x3 = c3 >>> 0;
-  let key0 = k0 >>> 0;
-  let key1 = k1 >>> 0;
-  for (let round = 0; round < 10; round++) {
-    const hi0 = mulHi(x0, M0_LO, M0_HI);
-    const lo0 = Math.imul(x0, PHILOX_M0) >>> 0;
-    const hi1 = mulHi(x2, M1_LO, M1_HI);
-    const lo1 = Math.imul(x2, PHILOX_M1) >>> 0;
-    x0 = (hi1 ^ x1 ^ key0) >>> 0;
-    x1 = lo1;
-    x2 = (hi0 ^ x3 ^ key1) >>> 0;
-    x3 = lo0;
-    key0 = (key0 + PHILOX_W0) >>> 0;
-    key1 = (key1 + PHILOX_W1) >>> 0;
-  }
-  out[0] = x0;
-  out[1] = x1;
-  out[2] = x2;
-  out[3] = x3;
-}
 
 function checkSeed(seed: number): void {
   if (!Number.isSafeInteger(seed) || seed < 0) {
@@ -94,6 +49,13 @@ function checkIndex(index: number, what: string): void {
   if (!Number.isSafeInteger(index) || index < 0) {
     throw new SparsetuneError('BAD_ARGUMENT', `${what} must be an integer in [0, 2^53), got ${index}.`);
   }
+}
+
+function checkGenerator(generator: NoiseGenerator): NoiseGenerator {
+  if (!NOISE_GENERATORS.includes(generator)) {
+    throw new SparsetuneError('BAD_ARGUMENT', `Unknown noise generator "${String(generator)}"; use one of ${NOISE_GENERATORS.join(', ')}.`);
+  }
+  return generator;
 }
 
 const blockWords = new Uint32Array(4);
@@ -155,14 +117,19 @@ function boxMullerPair(wRadius: number, wAngle: number, out: Float32Array, i: nu
 }
 
 /**
- * Fill `out` with standard normals: out[i] = z(seed, stream, offset + i).
+ * Fill `out` with standard normals: out[i] = z(seed, stream, offset + i) of `generator`.
  * Any slice regenerates to exactly the values of the matching part of a longer fill.
  */
-export function fillNormal(out: Float32Array, seed: number, stream: number, offset: number): void {
+export function fillNormal(out: Float32Array, seed: number, stream: number, offset: number, generator: NoiseGenerator = DEFAULT_NOISE_GENERATOR): void {
   checkSeed(seed);
   checkStream(stream);
   checkIndex(offset, 'offset');
   checkIndex(offset + out.length, 'offset + length');
+  if (checkGenerator(generator) === 'hash') fillHashNormal(out, seed, stream, offset);
+  else fillPhiloxNormal(out, seed, stream, offset);
+}
+
+function fillPhiloxNormal(out: Float32Array, seed: number, stream: number, offset: number): void {
   const n = out.length;
   if (n === 0) return;
   const k0 = seed % TWO_POW_32;
@@ -196,13 +163,19 @@ export function fillNormal(out: Float32Array, seed: number, stream: number, offs
 }
 
 /**
- * z(seed, stream, index) computed on its own from one Philox block — the definition that
- * `fillNormal` agrees with at every offset (used by tests and for spot checks).
+ * z(seed, stream, index) of `generator` computed on its own (for the hash generator from one
+ * hash, for Philox from one block) — the definition that `fillNormal` agrees with at every offset.
  */
-export function normalAt(seed: number, stream: number, index: number): number {
+export function normalAt(seed: number, stream: number, index: number, generator: NoiseGenerator = DEFAULT_NOISE_GENERATOR): number {
   checkSeed(seed);
   checkStream(stream);
   checkIndex(index, 'index');
+  if (checkGenerator(generator) === 'hash') {
+    ensureHashNormalTables();
+    const hi = Math.floor(index / TWO_POW_32);
+    const [kMul, kAdd] = hashKeys(seed, stream, hi);
+    return hashNormalAt(index - hi * TWO_POW_32, kMul, kAdd);
+  }
   const block = Math.floor(index / 4);
   const words = new Uint32Array(4);
   const values = new Float32Array(4);

@@ -3,7 +3,9 @@
  * record per sample), a few dozen bytes per step, that `replayTrajectory` turns back into the
  * trained weights from the base weights.
  *
- * Format: { "format": "sparsetune.zo-trajectory/1", "config": ZoConfig, "steps": [...] }.
+ * Format: { "format": "sparsetune.zo-trajectory/2", "config": ZoConfig, "steps": [...] }, the
+ * config always naming its noise `generator`. Format 1 files (written before that field) are
+ * read as generator 'philox', the only one there was, so they still replay bit for bit.
  * JSON numbers round-trip float64 exactly, so a saved g replays to the same bits.
  */
 import { randomBytes } from 'node:crypto';
@@ -13,8 +15,11 @@ import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import { zoConfigSchema, type ZoConfig } from './config.js';
 import type { ZoStepRecord } from './mezo.js';
+import { DEFAULT_NOISE_GENERATOR } from './rng.js';
 
-export const ZO_TRAJECTORY_FORMAT = 'sparsetune.zo-trajectory/1';
+export const ZO_TRAJECTORY_FORMAT = 'sparsetune.zo-trajectory/2';
+/** The format before the `generator` field: its runs used Philox noise. Read, never written. */
+export const ZO_TRAJECTORY_FORMAT_V1 = 'sparsetune.zo-trajectory/1';
 
 /** Contents of a trajectory file. */
 export interface ZoTrajectoryFile {
@@ -32,24 +37,42 @@ const stepRecordSchema = z
   })
   .strict();
 
-/** Schema of a trajectory file. */
-export const zoTrajectoryFileSchema = z
+const currentFileSchema = z
   .object({
     format: z.literal(ZO_TRAJECTORY_FORMAT),
-    config: zoConfigSchema,
+    config: zoConfigSchema.required({ generator: true }),
     steps: z.array(stepRecordSchema),
   })
   .strict();
+
+const formatOneFileSchema = z
+  .object({
+    format: z.literal(ZO_TRAJECTORY_FORMAT_V1),
+    config: zoConfigSchema.omit({ generator: true }),
+    steps: z.array(stepRecordSchema),
+  })
+  .strict()
+  .transform((file) => ({ format: ZO_TRAJECTORY_FORMAT, config: { ...file.config, generator: 'philox' as const }, steps: file.steps }));
+
+/** Schema of a trajectory file (format 1 files come out as format 2 with generator 'philox'). */
+export const zoTrajectoryFileSchema = z.union([currentFileSchema, formatOneFileSchema]);
+
+/** Validates against the schema of the file's own format, so the issues name real fields. */
+function parseTrajectoryFile(json: unknown) {
+  const isFormatOne = typeof json === 'object' && json !== null && (json as { format?: unknown }).format === ZO_TRAJECTORY_FORMAT_V1;
+  return isFormatOne ? formatOneFileSchema.safeParse(json) : currentFileSchema.safeParse(json);
+}
 
 /** Writes a trajectory file atomically (temp file in the same directory, fsync, rename). */
 export async function saveTrajectory(path: string, config: ZoConfig, steps: readonly ZoStepRecord[]): Promise<void> {
   const file: ZoTrajectoryFile = {
     format: ZO_TRAJECTORY_FORMAT,
-    config,
+    // The generator is part of the run's definition: written out even when it was the default.
+    config: { ...config, generator: config.generator ?? DEFAULT_NOISE_GENERATOR },
     steps: steps.map((s) => ({ step: s.step, seed: s.seed, projectedGrad: s.projectedGrad, lr: s.lr })),
   };
   // Refuse to write what could not be loaded back (e.g. a NaN gradient would become null).
-  const checked = zoTrajectoryFileSchema.safeParse(file);
+  const checked = parseTrajectoryFile(file);
   if (!checked.success) {
     throw new SparsetuneError('BAD_ARGUMENT', `Refusing to save an invalid trajectory: ${formatIssues(checked.error)}.`);
   }
@@ -84,9 +107,12 @@ export async function loadTrajectory(path: string): Promise<ZoTrajectoryFile> {
   } catch (err) {
     throw new SparsetuneError('BAD_DATA', `Trajectory file ${path} is not valid JSON (${(err as Error).message}); it may be truncated or not a trajectory.`, { cause: err });
   }
-  const parsed = zoTrajectoryFileSchema.safeParse(json);
+  const parsed = parseTrajectoryFile(json);
   if (!parsed.success) {
-    throw new SparsetuneError('BAD_DATA', `Trajectory file ${path} is invalid: ${formatIssues(parsed.error)}. Expected format "${ZO_TRAJECTORY_FORMAT}".`);
+    throw new SparsetuneError(
+      'BAD_DATA',
+      `Trajectory file ${path} is invalid: ${formatIssues(parsed.error)}. Expected format "${ZO_TRAJECTORY_FORMAT}" (or "${ZO_TRAJECTORY_FORMAT_V1}") with a valid config and steps.`,
+    );
   }
   return parsed.data as ZoTrajectoryFile;
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { SparsetuneError } from '../../src/errors.js';
 import { deriveStepSeed, replayTrajectory, ZerothOrderOptimizer, type ZoConfig } from '../../src/zeroth-order/mezo.js';
-import { normalAt, uniform01, type TrainableTensor } from '../../src/zeroth-order/rng.js';
+import { normalAt, uniform01, type NoiseGenerator, type TrainableTensor } from '../../src/zeroth-order/rng.js';
 import { cloneTensors, leastSquares, randn, sameBits, ulp32 } from './helpers.js';
 
 /** Two tensors of different sizes, so per-tensor streams and thresholds are exercised. */
@@ -43,6 +43,7 @@ describe('ZerothOrderOptimizer: validation', () => {
     ['fractional seed', { ...ok, seed: 0.5 }],
     ['samples 0', { ...ok, samples: 0 }],
     ['an unknown key', { ...ok, learningRate: 1 } as ZoConfig],
+    ['an unknown generator', { ...ok, generator: 'mt19937' } as unknown as ZoConfig],
   ])('rejects %s', (_label, cfg) => {
     expectCode(() => new ZerothOrderOptimizer(makeTensors(), cfg), 'BAD_ARGUMENT');
   });
@@ -69,10 +70,10 @@ describe('ZerothOrderOptimizer: validation', () => {
 });
 
 describe('ZerothOrderOptimizer: the MeZO step', () => {
-  it('perturbs by exactly +eps·z and -eps·z and applies x - lr·(g·z + wd·x) (checked against an independent formula)', async () => {
+  it.each(['hash', 'philox'] as NoiseGenerator[])('perturbs by exactly +eps·z and -eps·z and applies x - lr·(g·z + wd·x) (checked against an independent formula), generator %s', async (generator) => {
     const tensors = makeTensors();
     const start = cloneTensors(tensors);
-    const cfg: ZoConfig = { lr: 0.05, eps: 1e-3, seed: 42, weightDecay: 0.1, exactRestore: true };
+    const cfg: ZoConfig = { lr: 0.05, eps: 1e-3, seed: 42, weightDecay: 0.1, exactRestore: true, generator };
     const opt = new ZerothOrderOptimizer(tensors, cfg);
     const seed = deriveStepSeed(42, 0, 0);
     const f = Math.fround;
@@ -88,7 +89,7 @@ describe('ZerothOrderOptimizer: the MeZO step', () => {
     for (let t = 0; t < tensors.length; t++) {
       for (let i = 0; i < tensors[t].data.length; i++) {
         const x = start[t].data[i];
-        const z = normalAt(seed, t, i);
+        const z = normalAt(seed, t, i, generator);
         const d = 1e-3 * z;
         expect(snapshots[0][t][i]).toBe(f(x + d));
         // The − state is rebuilt from the + state: within one float32 rounding of x − d.
@@ -119,10 +120,12 @@ describe('ZerothOrderOptimizer: the MeZO step', () => {
     expect(new Set(opt.trajectory.map((r) => r.seed)).size).toBe(400);
   });
 
-  it('is deterministic: two runs with one seed are bit-identical, another seed differs; chunk size changes nothing', async () => {
-    const cfg: ZoConfig = { lr: 0.2, eps: 1e-3, seed: 9, samples: 2, weightDecay: 0.01 };
+  it.each([
+    ['MeZO', { lr: 0.2, eps: 1e-3, seed: 9, samples: 2, weightDecay: 0.01 }],
+    ['Sparse-MeZO', { lr: 0.2, eps: 2e-3, seed: 9, samples: 2, weightDecay: 0.01, sparsity: 0.8 }],
+  ] as [string, ZoConfig][])('is deterministic: two runs with one seed are bit-identical, another seed differs; chunk size changes nothing (%s)', async (_label, cfg) => {
     const runs = [];
-    for (const chunk of [65536, 65536, 7]) {
+    for (const chunk of [16384, 16384, 7, 1001]) {
       const tensors = makeTensors();
       const opt = await train(tensors, { ...cfg, chunk }, 20);
       runs.push({ tensors, trajectory: opt.trajectory });
@@ -266,11 +269,11 @@ describe('Sparse-MeZO', () => {
     expect(opt.peakSideEntries).toBeLessThan(0.05 * 2000);
   });
 
-  it('keeps the same membership for the +, − passes and the update of a step', async () => {
+  it.each(['hash', 'philox'] as NoiseGenerator[])('keeps the same membership for the +, − passes and the update of a step (generator %s)', async (generator) => {
     // eps comparable to the weights: many members cross the threshold while perturbed.
     const tensors = makeTensors();
     const start = cloneTensors(tensors);
-    const opt = new ZerothOrderOptimizer(tensors, { lr: 0.05, eps: 1e-2, seed: 12, sparsity: 0.5 });
+    const opt = new ZerothOrderOptimizer(tensors, { lr: 0.05, eps: 1e-2, seed: 12, sparsity: 0.5, generator });
     const h = opt.thresholds!;
     const seed = deriveStepSeed(12, 0, 0);
     const states: Float32Array[][] = [];
@@ -285,7 +288,7 @@ describe('Sparse-MeZO', () => {
     for (let t = 0; t < 2; t++) {
       for (let i = 0; i < start[t].data.length; i++) {
         const x = start[t].data[i];
-        const z = normalAt(seed, t, i);
+        const z = normalAt(seed, t, i, generator);
         const d = 1e-2 * z;
         const now = [states[0][t][i], states[1][t][i], tensors[t].data[i]];
         if (Math.abs(x) > h[t]) {
@@ -312,6 +315,8 @@ describe('replayTrajectory', () => {
     ['Sparse-MeZO', { lr: 0.2, eps: 1e-3, seed: 33, sparsity: 0.8 }],
     ['Sparse-MeZO, n = 2, exact restore', { lr: 0.2, eps: 1e-3, seed: 34, sparsity: 0.7, samples: 2, exactRestore: true }],
     ['MeZO, exact restore', { lr: 0.2, eps: 1e-2, seed: 35, exactRestore: true }],
+    ['Sparse-MeZO, Philox noise', { lr: 0.2, eps: 1e-3, seed: 36, sparsity: 0.8, generator: 'philox' }],
+    ['MeZO, n = 2, Philox noise, exact restore', { lr: 0.2, eps: 1e-3, seed: 37, samples: 2, generator: 'philox', exactRestore: true }],
   ] as [string, ZoConfig][])('reproduces the trained weights bit-for-bit: %s', async (_label, cfg) => {
     const tensors = makeTensors();
     const start = cloneTensors(tensors);
@@ -322,6 +327,19 @@ describe('replayTrajectory', () => {
       expect(sameBits(replayed[t].data, tensors[t].data)).toBe(true);
       expect(sameBits(replayed[t].data, start[t].data)).toBe(false);
     }
+  });
+
+  it('needs the run\'s generator: the same records with the other noise give other weights', async () => {
+    const tensors = makeTensors();
+    const start = cloneTensors(tensors);
+    const cfg: ZoConfig = { lr: 0.2, eps: 1e-3, seed: 38, sparsity: 0.8 };
+    const opt = await train(tensors, cfg, 10);
+    const withPhilox = cloneTensors(start);
+    replayTrajectory(withPhilox, { ...cfg, generator: 'philox' }, opt.trajectory);
+    expect(sameBits(withPhilox[0].data, tensors[0].data)).toBe(false);
+    const withDefault = cloneTensors(start);
+    replayTrajectory(withDefault, { ...cfg, generator: 'hash' }, opt.trajectory);
+    expect(sameBits(withDefault[0].data, tensors[0].data)).toBe(true);
   });
 
   it('rejects a trajectory whose sample count does not match the config', async () => {

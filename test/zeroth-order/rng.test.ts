@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { SparsetuneError } from '../../src/errors.js';
-import { fillNormal, normalAt, philox4x32, randomUint32, uniform01, DOMAIN_NORMAL } from '../../src/zeroth-order/rng.js';
+import { DEFAULT_NOISE_GENERATOR, fillNormal, normalAt, philox4x32, randomUint32, uniform01, DOMAIN_NORMAL, type NoiseGenerator } from '../../src/zeroth-order/rng.js';
 
 const hex = (words: Uint32Array) => Array.from(words, (w) => w.toString(16).padStart(8, '0'));
 
@@ -18,10 +18,10 @@ describe('philox4x32-10', () => {
   });
 });
 
-describe('fillNormal', () => {
+describe.each(['hash', 'philox'] as NoiseGenerator[])('fillNormal, generator %s', (generator) => {
   const n = 1 << 20;
   const z = new Float32Array(n);
-  fillNormal(z, 1234, 7, 0);
+  fillNormal(z, 1234, 7, 0, generator);
 
   it('has mean 0, variance 1, zero skew and kurtosis 3 within statistical bounds', () => {
     let m1 = 0;
@@ -58,35 +58,14 @@ describe('fillNormal', () => {
     }
   });
 
-  it('is close to the textbook Box-Muller of the same Philox words (polynomial log/sincos)', () => {
-    const words = new Uint32Array(4);
-    let worst = 0;
-    for (let block = 0; block < 20000; block++) {
-      philox4x32(block, 0, 7, DOMAIN_NORMAL, 1234, 0, words);
-      for (const pair of [0, 2]) {
-        const r = Math.sqrt(-2 * Math.log((words[pair] + 0.5) / 2 ** 32));
-        const w = words[pair + 1];
-        // Same angle convention: quadrant from the top 2 bits, offset from the low 30 bits.
-        const angle = (w >>> 30) * (Math.PI / 2) + (((w & 0x3fffffff) + 0.5) / 2 ** 30 - 0.5) * (Math.PI / 2);
-        const exact = [r * Math.cos(angle), r * Math.sin(angle)];
-        for (let lane = 0; lane < 2; lane++) {
-          const got = z[block * 4 + pair + lane];
-          worst = Math.max(worst, Math.abs(got - exact[lane]) / (1 + Math.abs(exact[lane])));
-        }
-      }
-    }
-    // float32 rounding alone is up to 6e-8 relative; the polynomials add ~1e-8.
-    expect(worst).toBeLessThan(2e-7);
-  });
-
   it('is deterministic and differs across seeds and streams', () => {
     const again = new Float32Array(4096);
-    fillNormal(again, 1234, 7, 0);
+    fillNormal(again, 1234, 7, 0, generator);
     expect(Buffer.from(again.buffer).equals(Buffer.from(z.buffer, 0, 4096 * 4))).toBe(true);
     const otherSeed = new Float32Array(4096);
     const otherStream = new Float32Array(4096);
-    fillNormal(otherSeed, 1235, 7, 0);
-    fillNormal(otherStream, 1234, 8, 0);
+    fillNormal(otherSeed, 1235, 7, 0, generator);
+    fillNormal(otherStream, 1234, 8, 0, generator);
     let corrSeed = 0;
     let corrStream = 0;
     for (let i = 0; i < 4096; i++) {
@@ -105,21 +84,22 @@ describe('fillNormal', () => {
       for (const len of lengths) {
         if (off + len > n) continue;
         const part = new Float32Array(len);
-        fillNormal(part, 1234, 7, off);
+        fillNormal(part, 1234, 7, off, generator);
         expect(Buffer.from(part.buffer).equals(Buffer.from(z.buffer, off * 4, len * 4))).toBe(true);
       }
     }
-    for (const i of [0, 1, 2, 3, 4, 77, 1 << 19]) expect(normalAt(1234, 7, i)).toBe(z[i]);
+    for (const i of [0, 1, 2, 3, 4, 77, 1 << 19]) expect(normalAt(1234, 7, i, generator)).toBe(z[i]);
   });
 
-  it('works at offsets beyond 2^32 and with seeds beyond 2^32', () => {
-    const far = 2 ** 40 + 3;
-    const part = new Float32Array(6);
-    fillNormal(part, 2 ** 40 + 17, 1, far);
-    for (let i = 0; i < 6; i++) expect(part[i]).toBe(normalAt(2 ** 40 + 17, 1, far + i));
-    const near = new Float32Array(6);
-    fillNormal(near, 17, 1, far);
-    expect(Array.from(near)).not.toEqual(Array.from(part));
+  it('works at offsets beyond 2^32 (also across the 2^32 boundary) and with seeds beyond 2^32', () => {
+    for (const far of [2 ** 40 + 3, 2 ** 32 - 3]) {
+      const part = new Float32Array(6);
+      fillNormal(part, 2 ** 40 + 17, 1, far, generator);
+      for (let i = 0; i < 6; i++) expect(part[i]).toBe(normalAt(2 ** 40 + 17, 1, far + i, generator));
+      const near = new Float32Array(6);
+      fillNormal(near, 17, 1, far, generator);
+      expect(Array.from(near)).not.toEqual(Array.from(part));
+    }
   });
 
   it('rejects bad seeds, streams and offsets', () => {
@@ -127,7 +107,47 @@ describe('fillNormal', () => {
     expect(() => fillNormal(out, -1, 0, 0)).toThrow(SparsetuneError);
     expect(() => fillNormal(out, 1.5, 0, 0)).toThrow(/seed/);
     expect(() => fillNormal(out, 1, 2 ** 32, 0)).toThrow(/stream/);
-    expect(() => fillNormal(out, 1, 0, -4)).toThrow(/offset/);
+    expect(() => fillNormal(out, 1, 0, -4, generator)).toThrow(/offset/);
+    expect(() => fillNormal(out, 1, 0, 0, 'mt19937' as NoiseGenerator)).toThrow(/generator/);
+  });
+});
+
+describe('the two generators', () => {
+  it('hash is the default and gives different values from philox', () => {
+    expect(DEFAULT_NOISE_GENERATOR).toBe('hash');
+    expect(normalAt(5, 1, 100)).toBe(normalAt(5, 1, 100, 'hash'));
+    expect(normalAt(5, 1, 100, 'philox')).not.toBe(normalAt(5, 1, 100, 'hash'));
+  });
+});
+
+describe('philox normals (format-1 trajectories)', () => {
+  const n = 1 << 17;
+  const z = new Float32Array(n);
+  fillNormal(z, 1234, 7, 0, 'philox');
+
+  it('is close to the textbook Box-Muller of the same Philox words (polynomial log/sincos)', () => {
+    const words = new Uint32Array(4);
+    let worst = 0;
+    for (let block = 0; block < n / 4; block++) {
+      philox4x32(block, 0, 7, DOMAIN_NORMAL, 1234, 0, words);
+      for (const pair of [0, 2]) {
+        const r = Math.sqrt(-2 * Math.log((words[pair] + 0.5) / 2 ** 32));
+        const w = words[pair + 1];
+        // Same angle convention: quadrant from the top 2 bits, offset from the low 30 bits.
+        const angle = (w >>> 30) * (Math.PI / 2) + (((w & 0x3fffffff) + 0.5) / 2 ** 30 - 0.5) * (Math.PI / 2);
+        const exact = [r * Math.cos(angle), r * Math.sin(angle)];
+        for (let lane = 0; lane < 2; lane++) {
+          const got = z[block * 4 + pair + lane];
+          worst = Math.max(worst, Math.abs(got - exact[lane]) / (1 + Math.abs(exact[lane])));
+        }
+      }
+    }
+    // float32 rounding alone is up to 6e-8 relative; the polynomials add ~1e-8.
+    expect(worst).toBeLessThan(2e-7);
+  });
+
+  it('keeps its definition: pinned values (format-1 trajectories replay with them)', () => {
+    expect(Array.from(z.subarray(0, 4))).toEqual(PHILOX_PINNED);
   });
 });
 
@@ -157,3 +177,6 @@ describe('uniform01 and randomUint32', () => {
     expect(randomUint32(5, 0, 10)).not.toBe(randomUint32(5, 0, 11));
   });
 });
+
+/** z(1234, 7, 0..3) of the Philox generator as format-1 runs used it (from the original implementation). */
+const PHILOX_PINNED = [1.469521164894104, 0.03715681657195091, 0.4266606271266937, -0.02178301475942135];

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { replayTrajectory, ZerothOrderOptimizer, type ZoConfig } from '../../src/zeroth-order/mezo.js';
-import { loadTrajectory, saveTrajectory, ZO_TRAJECTORY_FORMAT } from '../../src/zeroth-order/trajectory.js';
+import { loadTrajectory, saveTrajectory, ZO_TRAJECTORY_FORMAT, ZO_TRAJECTORY_FORMAT_V1 } from '../../src/zeroth-order/trajectory.js';
 import { cloneTensors, leastSquares, randn, sameBits } from './helpers.js';
 
 let dir: string;
@@ -30,11 +30,30 @@ describe('trajectory files', () => {
     await saveTrajectory(path, cfg, opt.trajectory);
     const loaded = await loadTrajectory(path);
     expect(loaded.format).toBe(ZO_TRAJECTORY_FORMAT);
-    expect(loaded.config).toEqual(cfg);
+    // The generator is written out even though the config left it to the default.
+    expect(loaded.config).toEqual({ ...cfg, generator: 'hash' });
     expect(loaded.steps).toEqual(opt.trajectory);
 
     replayTrajectory(start, loaded.config, loaded.steps);
     for (let t = 0; t < 2; t++) expect(sameBits(start[t].data, tensors[t].data)).toBe(true);
+  });
+
+  it('reads format-1 files (before the generator field) as Philox runs, which replay bit-for-bit', async () => {
+    const tensors = [{ name: 'w', data: randn(63, 1000, 0.02) }];
+    const start = cloneTensors(tensors);
+    const cfg: ZoConfig = { lr: 0.2, eps: 1e-3, seed: 78, sparsity: 0.8, generator: 'philox' };
+    const opt = new ZerothOrderOptimizer(tensors, cfg);
+    const loss = leastSquares(tensors);
+    for (let s = 0; s < 10; s++) await opt.step(loss);
+    // What the format-1 writer produced: no generator field.
+    const { generator: _generator, ...oldConfig } = cfg;
+    const path = join(dir, 'format1.json');
+    await writeFile(path, JSON.stringify({ format: ZO_TRAJECTORY_FORMAT_V1, config: oldConfig, steps: opt.trajectory }));
+    const loaded = await loadTrajectory(path);
+    expect(loaded.format).toBe(ZO_TRAJECTORY_FORMAT);
+    expect(loaded.config.generator).toBe('philox');
+    replayTrajectory(start, loaded.config, loaded.steps);
+    expect(sameBits(start[0].data, tensors[0].data)).toBe(true);
   });
 
   it('replaces an existing file atomically and leaves no temporary files', async () => {
@@ -58,9 +77,12 @@ describe('trajectory files', () => {
     const bad = join(dir, 'bad.json');
     await writeFile(bad, '{"format": "sparsetune.zo-trajectory/1", "config": ');
     await expect(loadTrajectory(bad)).rejects.toMatchObject({ code: 'BAD_DATA' });
-    const good = { format: ZO_TRAJECTORY_FORMAT, config: { lr: 1e-3, eps: 1e-3, seed: 1 }, steps: [{ step: 0, seed: 1, projectedGrad: 0.1, lr: 1e-3 }] };
+    const good = { format: ZO_TRAJECTORY_FORMAT, config: { lr: 1e-3, eps: 1e-3, seed: 1, generator: 'hash' }, steps: [{ step: 0, seed: 1, projectedGrad: 0.1, lr: 1e-3 }] };
     for (const broken of [
-      { ...good, format: 'sparsetune.zo-trajectory/2' },
+      { ...good, format: 'sparsetune.zo-trajectory/3' },
+      { ...good, config: { lr: 1e-3, eps: 1e-3, seed: 1 } }, // format 2 must name its generator
+      { ...good, config: { ...good.config, generator: 'mt19937' } },
+      { ...good, format: ZO_TRAJECTORY_FORMAT_V1 }, // format 1 had no generator field
       { ...good, config: { ...good.config, lr: -1 } },
       { ...good, steps: [{ step: 0, seed: -1, projectedGrad: 0.1, lr: 1e-3 }] },
       { ...good, steps: [{ step: 0, seed: 1, lr: 1e-3 }] },
