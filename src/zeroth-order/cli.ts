@@ -7,6 +7,7 @@
  * Settings only zeroth-order training has (eps, sparsity, samples, targets, exactRestore) come
  * from --config, e.g. {"eps": 1e-3, "sparsity": 0.8, "targets": ["q_proj", "v_proj"]}.
  */
+import type { ZerothOrderTrainOptions } from '../cli/commands/train.js';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { SparsetuneError } from '../errors.js';
@@ -25,33 +26,8 @@ export const configSchema = zoTrainConfigSchema;
 export const summary =
   'zeroth-order (forward-only) training of the block linears in place (MeZO; sparse-mezo perturbs only the small-magnitude weights): memory at inference level, writes a replayable trajectory.json beside the additive adapter';
 
-/**
- * What `sparsetune train` passes for a zeroth-order method (the shape of
- * `ZerothOrderTrainOptions` in src/cli/commands/train.ts). Numeric fields are undefined when
- * their flag was not given, so the zeroth-order defaults apply.
- */
-export interface ZerothOrderCliOptions {
-  method: 'mezo' | 'sparse-mezo';
-  /** Model directory or hub id. */
-  model: string;
-  data: string;
-  out: string;
-  eval?: string;
-  steps?: number;
-  lr?: number;
-  batchSize?: number;
-  seqLen?: number;
-  seed?: number;
-  evalEvery?: number;
-  holdout?: number;
-  /** Parsed --config JSON (validated here). */
-  config: Record<string, unknown>;
-  configPath?: string;
-  resume: boolean;
-  quiet: boolean;
-  /** Raw arguments after `train`: --weight-decay, --schedule, --warmup, --eval-batches, --overwrite, --progress-every are read from here. */
-  argv: string[];
-}
+/** What `sparsetune train` passes for a zeroth-order method (defined beside the CLI command). */
+export type ZerothOrderCliOptions = ZerothOrderTrainOptions;
 
 function log(line: string): void {
   process.stderr.write(`${line}\n`);
