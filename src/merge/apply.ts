@@ -110,6 +110,13 @@ export class WeightPatcher {
         `adapter "${adapter.meta.method}" is a pruned (structural) adapter: it changes parameter shapes and cannot be fused in place; export the pruned model with \`sparsetune merge\` instead`,
       );
     }
+    const fusable = adapter.additive.size + adapter.structured.size + adapter.masks.size + adapter.lowrank.size;
+    if (fusable === 0 && (adapter.extra?.size ?? 0) > 0) {
+      throw new SparsetuneError(
+        'BAD_ARGUMENT',
+        `adapter "${adapter.meta.method}" has no weight delta to fuse (its tensors form a separate branch that runs unfused); use the method's adapterHooks (the CLI does this) instead of fusing it`,
+      );
+    }
     if (!opts.force && adapter.meta.base.fingerprint !== '') {
       checkFingerprint(adapter, opts.fingerprint ?? this.fingerprint, opts);
     }

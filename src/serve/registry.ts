@@ -231,6 +231,12 @@ export class AdapterRegistry {
     if (adapter.pruned) {
       throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" is a pruned (structural) adapter; it changes shapes and cannot be hot-swapped, export a pruned model with \`sparsetune merge\` instead`);
     }
+    const fusable = adapter.additive.size + adapter.structured.size + adapter.masks.size + adapter.lowrank.size;
+    if (fusable === 0 && (adapter.extra?.size ?? 0) > 0) {
+      // E.g. MoSA: a parallel branch that cannot be folded into existing weights. Fusing it
+      // would silently serve the base model, so refuse it instead.
+      throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" (${adapter.meta.method}) runs unfused (its tensors are a separate branch, not a weight delta) and this server only hot-swaps fusable adapters; use it with \`sparsetune generate --adapter\` or the library API`);
+    }
     checkFingerprint(adapter, this.opts.fingerprint);
     const jsonHash = createHash('sha256').update(await fsp.readFile(path.join(dir, ADAPTER_JSON))).digest('hex');
     return { adapter, jsonHash };

@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { saveAdapter } from '../../src/merge/adapter.js';
+import { newAdapter } from '../../src/merge/types.js';
 import { fingerprintWeights } from '../../src/merge/fingerprint.js';
 import type { HostTensor } from '../../src/tensor.js';
 import { AdapterRegistry, adapterBytes } from '../../src/serve/registry.js';
@@ -66,6 +67,14 @@ describe('AdapterRegistry', () => {
     await expect(registry.load('base')).rejects.toMatchObject({ code: 'BAD_ARGUMENT' });
     await expect(registry.acquire(['a', 'zzz'])).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(registry.get('a')!.pins).toBe(0); // a failed acquire holds nothing
+  });
+
+  it('refuses an adapter that only runs unfused (e.g. MoSA) instead of silently serving the base', async () => {
+    const branch = newAdapter({ method: 'mosa', kind: 'lowrank', base: { model: 'tiny', fingerprint } });
+    branch.extra = new Map([['mosa.layers.0.up.weight', { dtype: 'f32', shape: [2, 2], data: Float32Array.of(1, 2, 3, 4) }]]);
+    await saveAdapter(path.join(dir, 'sub', 'branch'), branch);
+    const { registry } = await AdapterRegistry.open({ dir, shapes, fingerprint, memoryBudgetBytes: 1 << 20 });
+    await expect(registry.load('branch', 'sub/branch')).rejects.toMatchObject({ code: 'BAD_ADAPTER', message: expect.stringMatching(/runs unfused/) });
   });
 
   it('keeps an unloaded adapter for the requests holding it, and notices a changed file on reload', async () => {
