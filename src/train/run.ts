@@ -70,16 +70,26 @@ function checkResumable(ck: Checkpoint, meta: CheckpointMeta): void {
   }
 }
 
+/**
+ * The training and held-out sets of a run: the given eval set, or `holdout` (default 0.1)
+ * of the training data split off with a seed derived from the run's.
+ */
+export function trainEvalSplit(
+  train: TokenizedExample[],
+  evalSet: TokenizedExample[] | undefined,
+  holdout: number | undefined,
+  seed: number | undefined,
+): { train: TokenizedExample[]; evalSet: TokenizedExample[] | undefined } {
+  const fraction = holdout ?? 0.1;
+  if (evalSet || fraction <= 0 || train.length < 2) return { train, evalSet };
+  const split = splitHoldout(train, fraction, (seed ?? 0) + 1);
+  return { train: split.train, evalSet: split.eval };
+}
+
 /** Train with metrics, checkpoints, early stopping and progress. */
 export async function runTraining(opts: RunTrainingOptions): Promise<RunTrainingResult> {
   const { model, method } = opts;
-  let train = opts.train;
-  let evalSet = opts.eval;
-  if (!evalSet && (opts.holdout ?? 0.1) > 0 && train.length >= 2) {
-    const split = splitHoldout(train, opts.holdout ?? 0.1, (opts.trainer.seed ?? 0) + 1);
-    train = split.train;
-    evalSet = split.eval;
-  }
+  const { train, evalSet } = trainEvalSplit(opts.train, opts.eval, opts.holdout, opts.trainer.seed);
   if (opts.earlyStopping && !evalSet?.length) {
     throw new SparsetuneError('BAD_ARGUMENT', 'early stopping needs evaluations: give an eval set or a holdout fraction > 0');
   }

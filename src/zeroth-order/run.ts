@@ -6,13 +6,13 @@
  */
 import * as path from 'node:path';
 import { SparsetuneError } from '../errors.js';
-import { splitHoldout, type TokenizedExample } from '../io/datasets.js';
+import type { TokenizedExample } from '../io/datasets.js';
 import { ADAPTER_JSON, ADAPTER_SAFETENSORS, saveAdapter } from '../merge/adapter.js';
 import type { Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { MetricsWriter } from '../train/metrics.js';
 import type { ProgressBar } from '../train/progress.js';
-import { METRICS_FILE } from '../train/run.js';
+import { METRICS_FILE, trainEvalSplit } from '../train/run.js';
 import type { TrainerCallbacks } from '../train/trainer.js';
 import { ZerothOrderTrainer, type ZoTrainOptions, type ZoTrainResult } from './train.js';
 
@@ -65,13 +65,7 @@ async function saveArtifacts(trainer: ZerothOrderTrainer, out: string, extraMetr
  */
 export async function runZerothOrderTraining(opts: ZoRunOptions): Promise<ZoRunResult> {
   const { model, out, progress, signal, callbacks: user = {}, holdout, eval: givenEval, train: givenTrain, ...settings } = opts;
-  let train = givenTrain;
-  let evalSet = givenEval;
-  if (!evalSet && (holdout ?? 0.1) > 0 && train.length >= 2) {
-    const split = splitHoldout(train, holdout ?? 0.1, (settings.seed ?? 0) + 1);
-    train = split.train;
-    evalSet = split.eval;
-  }
+  const { train, evalSet } = trainEvalSplit(givenTrain, givenEval, holdout, settings.seed);
   let metrics: MetricsWriter | null = null;
   const callbacks: TrainerCallbacks = {
     onStep: async (log) => {
