@@ -8,7 +8,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = join(import.meta.dirname, '..');
-const ALL = ['engine', 'models', 'methods', 'zeroth-order', 'merge', 'serve', 'composition', 'maskllm'];
+const ALL = ['engine', 'models', 'methods', 'zeroth-order', 'merge', 'serve', 'composition', 'maskllm', 'outcomes'];
 const picked = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const names = (picked.length ? picked : ALL).filter((n) => existsSync(join(root, 'bench', `${n}.ts`)));
 const failed: string[] = [];

@@ -7,12 +7,15 @@ import type { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { Method } from './method.js';
+import type { MethodRecipe } from './recipe.js';
 
 export interface MethodModule {
   configSchema: z.ZodTypeAny;
   createMethod(model: CausalLM, config: unknown): Method | Promise<Method>;
   /** One line for `--help`. */
   summary: string;
+  /** The reference trainer settings (the defaults of `train --method NAME`); GENERIC_RECIPE when absent. */
+  recipe?: MethodRecipe;
 }
 
 const loaders: Record<string, () => Promise<MethodModule>> = {

@@ -24,7 +24,7 @@ describe('sparsetune --help', () => {
       expect(h.stdout).toContain(`Usage: sparsetune ${OWN_COMMANDS[k]}`);
       expect(h.stdout).toContain('--help');
     });
-    expect(helps[0].stdout).toMatch(/--steps N\s+optimizer steps \(default: 100\)/);
+    expect(helps[0].stdout).toMatch(/--steps N\s+optimizer steps \(default: the method's recipe\)/);
     expect(helps[3].stdout).toContain('--temperature T');
   });
 

@@ -21,6 +21,7 @@ import { loadOptional, optionalModules } from '../optional.js';
 import { log, trainingProgress } from '../output.js';
 import { accuracy, candidateLabels, readLabelledRows } from '../classify-data.js';
 import { methodEvalFeeds } from '../../train/evaluation.js';
+import { recipeHelp, resolveRecipe, type MethodRecipe } from '../../train/recipe.js';
 
 export const spec: CommandSpec = {
   name: 'train',
@@ -32,9 +33,9 @@ export const spec: CommandSpec = {
     data: { type: 'string', value: 'FILE', description: 'training data (.jsonl with text | prompt+completion | messages, or .txt)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output directory: adapter.json + adapter.safetensors, metrics.jsonl, checkpoints/', required: true },
     eval: { type: 'string', value: 'FILE', description: 'held-out data (default: split --holdout of --data)' },
-    steps: { type: 'string', value: 'N', description: 'optimizer steps', default: '100' },
-    lr: { type: 'string', value: 'X', description: 'peak learning rate', default: '1e-3' },
-    'batch-size': { type: 'string', value: 'N', description: 'examples per micro-batch', default: '8' },
+    steps: { type: 'string', value: 'N', description: 'optimizer steps', default: "the method's recipe" },
+    lr: { type: 'string', value: 'X', description: 'peak learning rate', default: "the method's recipe" },
+    'batch-size': { type: 'string', value: 'N', description: 'examples per micro-batch', default: "the method's recipe" },
     'grad-accum': { type: 'string', value: 'N', description: 'micro-batches per optimizer step', default: '1' },
     'seq-len': { type: 'string', value: 'N', description: 'tokens per example (at most the model\'s max_position_embeddings)', default: 'min(128, model max)' },
     config: { type: 'string', value: 'FILE.json', description: 'method config (JSON object; see --method NAME --help)' },
@@ -44,10 +45,10 @@ export const spec: CommandSpec = {
     holdout: { type: 'string', value: 'F', description: 'fraction of --data held out when no --eval (0 = no evaluation)', default: '0.1' },
     patience: { type: 'string', value: 'N', description: 'early stopping: stop after N evaluations without improvement (needs --eval-every)' },
     'min-delta': { type: 'string', value: 'X', description: 'early stopping: smallest loss decrease that counts', default: '0' },
-    schedule: { type: 'string', value: 'KIND', description: 'learning-rate schedule: constant, linear, cosine', default: 'cosine' },
-    warmup: { type: 'string', value: 'N', description: 'linear warmup steps', default: '0' },
-    'weight-decay': { type: 'string', value: 'X', description: 'decoupled weight decay', default: '0' },
-    'clip-norm': { type: 'string', value: 'X', description: 'clip the global gradient norm (0 = off)', default: '1' },
+    schedule: { type: 'string', value: 'KIND', description: 'learning-rate schedule: constant, linear, cosine', default: "the method's recipe" },
+    warmup: { type: 'string', value: 'N', description: 'linear warmup steps', default: "the method's recipe" },
+    'weight-decay': { type: 'string', value: 'X', description: 'decoupled weight decay', default: "the method's recipe" },
+    'clip-norm': { type: 'string', value: 'X', description: 'clip the global gradient norm (0 = off)', default: "the method's recipe" },
     'checkpoint-every': { type: 'string', value: 'N', description: 'save a checkpoint every N steps (0 = only at the end)', default: '100' },
     'keep-checkpoints': { type: 'string', value: 'N', description: 'checkpoints kept', default: '2' },
     classify: { type: 'boolean', description: 'report accuracy on --eval {"prompt","completion"} rows (label scored by log-likelihood) before and after' },
@@ -60,7 +61,7 @@ export const spec: CommandSpec = {
   notes: [
     'Examples:',
     '  sparsetune train --method lora --data train.jsonl --out runs/lora --steps 200',
-    '  sparsetune train --method lora --help        # the method\'s config fields',
+    '  sparsetune train --method lora --help        # the method\'s config fields and recipe (default lr, steps, optimizer)',
     '  sparsetune train ... --resume                 # continue an interrupted run exactly',
   ].join('\n'),
 };
@@ -107,17 +108,19 @@ async function printMethodHelp(name: string): Promise<void> {
   }
   const mod = await loadMethodModule(name);
   process.stdout.write(methodHelp(name, mod.summary, mod.configSchema));
+  process.stdout.write(`\n${recipeHelp(mod.recipe).join('\n')}\n`);
 }
 
-/** Trainer settings from the flags. */
-function trainerConfig(f: Flags): TrainerConfigInput & { steps: number } {
+/** Trainer settings from the flags; a flag not given takes the method's recipe value. */
+function trainerConfig(f: Flags, recipe: MethodRecipe | undefined): TrainerConfigInput & { steps: number } {
+  const r = resolveRecipe(recipe);
   return {
-    steps: f.int('steps', { min: 1 }, 100)!,
-    batchSize: f.int('batch-size', { min: 1 }, 8)!,
+    steps: f.int('steps', { min: 1 }, r.steps)!,
+    batchSize: f.int('batch-size', { min: 1 }, r.batchSize)!,
     gradAccum: f.int('grad-accum', { min: 1 }, 1)!,
-    optimizer: { lr: f.num('lr', { gt: 0 }, 1e-3)!, weightDecay: f.num('weight-decay', { min: 0 }, 0)! },
-    schedule: { type: f.choice('schedule', ['constant', 'linear', 'cosine'] as const, 'cosine')!, warmupSteps: f.int('warmup', { min: 0 }, 0)! },
-    clipNorm: f.num('clip-norm', { min: 0 }, 1)!,
+    optimizer: { ...r.optimizer, lr: f.num('lr', { gt: 0 }, r.lr)!, weightDecay: f.num('weight-decay', { min: 0 }, r.optimizer.weightDecay ?? 0)! },
+    schedule: { ...r.schedule, type: f.choice('schedule', ['constant', 'linear', 'cosine'] as const, r.schedule.type ?? 'cosine')!, warmupSteps: f.int('warmup', { min: 0 }, r.schedule.warmupSteps ?? 0)! },
+    clipNorm: f.num('clip-norm', { min: 0 }, r.clipNorm)!,
     evalEvery: f.int('eval-every', { min: 0 }, 0)!,
     evalBatches: f.int('eval-batches', { min: 0 }, 0)!,
     seed: f.int('seed', { min: 0 }, 0)!,
@@ -196,7 +199,9 @@ export async function run(argv: string[]): Promise<number | void> {
     return typeof ret === 'number' ? ret : undefined;
   }
 
-  const trainer = trainerConfig(f);
+  // Config problems surface before the (slow) model load.
+  const mod = await loadMethodModule(method);
+  const trainer = trainerConfig(f, mod.recipe);
   const patience = f.int('patience', { min: 1 });
   if (patience !== undefined && !trainer.evalEvery) throw new UsageError('train', '--patience needs periodic evaluations: add --eval-every N');
   if (patience !== undefined && holdout === 0 && !f.str('eval')) throw new UsageError('train', '--patience needs an eval set: give --eval FILE or a --holdout > 0');
@@ -208,8 +213,6 @@ export async function run(argv: string[]): Promise<number | void> {
   if (f.has('labels') && !f.bool('classify')) throw new UsageError('train', '--labels only applies with --classify');
   const labelsFlag = (f.str('labels') ?? '').split(',').map((x) => x.trim()).filter(Boolean);
 
-  // Config problems surface before the (slow) model load.
-  const mod = await loadMethodModule(method);
   const withSeed = schemaHasField(mod.configSchema, 'seed') && rawConfig.seed === undefined ? { ...rawConfig, seed: trainer.seed } : rawConfig;
   const methodConfig = validateMethodConfig(method, mod.configSchema, withSeed, cfgPath ?? 'config');
   await prepareOutDir(out, f.bool('resume'), f.bool('overwrite'));
