@@ -2,6 +2,7 @@
  * Helpers shared by tests in several directories: seeded random token data, bit-exact
  * comparison of float arrays, and snapshots of a model's weights to prove they did not move.
  */
+import * as path from 'node:path';
 import { expect } from 'vitest';
 import type { TokenizedExample } from '../src/io/datasets.js';
 import type { CausalLM } from '../src/models/causal-lm.js';
@@ -33,4 +34,15 @@ export function snapshotWeights(model: CausalLM): Map<string, Float32Array> {
 /** Assert that every weight of `model` has the bits it had in `before`. */
 export function expectWeightsEqual(model: CausalLM, before: Map<string, Float32Array>): void {
   for (const [name, t] of model.weights) expect(sameBits(t.data, before.get(name)!), name).toBe(true);
+}
+
+/**
+ * The project's `../shared` folder (models and data beside the checkout; CI puts it there
+ * too). Resolved from the repository root, never from an absolute path.
+ */
+export const SHARED_DIR = path.resolve(import.meta.dirname, '..', '..', 'shared');
+
+/** A pretrained checkpoint in `../shared/models` (stories260K, tinystories-656K). */
+export function sharedModelDir(name: 'stories260K' | 'tinystories-656K'): string {
+  return path.join(SHARED_DIR, 'models', name);
 }

@@ -4,8 +4,9 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batches, collate, IGNORE_INDEX, loadDataset, shuffled, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
+import { SHARED_DIR } from '../helpers.js';
 
-const DATA = '/work/shared/data';
+const DATA = path.join(SHARED_DIR, 'data');
 let tok: Tokenizer;
 let tmp: string;
 
