@@ -29,6 +29,8 @@ export * from './train/metrics.js';
 export * from './train/progress.js';
 export * from './train/early-stopping.js';
 export * from './train/evaluation.js';
+export { noiseFeeds, noiseSeed, noiseSpecs, type InputSpec } from './train/noise-feeds.js';
+export { seededDropout, noiseInput, isNoiseInput, NOISE_PREFIX } from './engine/noise.js';
 export { scoreLabels, classificationAccuracy, type ScoreOptions, type ClassificationExample, type ClassificationResult } from './train/classify.js';
 
 // Adapters and masks (each method module's registry exports stay behind `methodModule`).

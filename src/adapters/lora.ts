@@ -3,7 +3,8 @@
  * sqrt(r) with rsLoRA). PEFT naming and init: A Kaiming-uniform, B zeros.
  */
 import { z } from 'zod';
-import { dropout, mul } from '../engine/ops/index.js';
+import { mul } from '../engine/ops/index.js';
+import { seededDropout } from '../engine/noise.js';
 import { linear } from '../engine/nn.js';
 import { fingerprintWeights } from '../merge/fingerprint.js';
 import { newAdapter, type Adapter, type LowRankPair } from '../merge/types.js';
@@ -14,7 +15,8 @@ import { initRng, kaimingUniform, paramValue, parseMethodConfig, selectSites } f
 
 export const loraConfigSchema = z.object({
   r: z.number().int().positive().default(8),
-  alpha: z.number().positive().default(16),
+  /** Scale numerator (s = alpha / r); 8 as in PEFT's LoraConfig (r 8, lora_alpha 8: s = 1). */
+  alpha: z.number().positive().default(8),
   targetModules: z.union([z.array(z.string()).min(1), z.string()]).default(['q_proj', 'v_proj']),
   dropout: z.number().min(0).max(0.9).default(0),
   useRslora: z.boolean().default(false),
@@ -38,7 +40,10 @@ export function createLoraPairs(model: CausalLM, prefix: string, targets: string
   }));
 }
 
-/** Linear hook adding s · B(A(dropout(x))) on the pairs' sites. */
+/**
+ * Linear hook adding s · B(A(dropout(x))) on the pairs' sites. Dropout masks come from
+ * seeded noise inputs (`noise:<A's name>`) that the trainer feeds, so runs are reproducible.
+ */
 export function loraHooks(pairs: LoraPair[], scale: number, dropoutP: number): ModelHooks {
   const bySite = new Map(pairs.map((p) => [p.site.name, p]));
   return {
@@ -46,7 +51,7 @@ export function loraHooks(pairs: LoraPair[], scale: number, dropoutP: number): M
       const y = base(x);
       const p = bySite.get(site.name);
       if (!p) return y;
-      const h = linear(linear(dropout(x, dropoutP), paramValue(g, p.A)), paramValue(g, p.B));
+      const h = linear(linear(seededDropout(x, dropoutP, p.A.name), paramValue(g, p.A)), paramValue(g, p.B));
       return g.add('Add', [y, mul(h, scale)])[0];
     },
   };

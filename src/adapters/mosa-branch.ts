@@ -7,7 +7,8 @@
 import { z } from 'zod';
 import type { Graph, Value } from '../engine/ir.js';
 import { geluErf, linear, rmsNorm, silu } from '../engine/nn.js';
-import { add, dropout, mul } from '../engine/ops/index.js';
+import { add, mul } from '../engine/ops/index.js';
+import { seededDropout } from '../engine/noise.js';
 import type { ModelHooks } from '../models/hooks.js';
 
 export const mosaActivations = ['gelu', 'silu'] as const;
@@ -18,6 +19,8 @@ export interface BranchOptions {
   act: MosaActivation;
   normEps: number;
   dropout: number;
+  /** Name of the dropout's seeded noise input (unique per block and pass). */
+  noiseKey?: string;
 }
 
 export interface BranchTensors {
@@ -33,7 +36,7 @@ export function adapterBranch(x: Value, t: BranchTensors, o: BranchOptions): Val
   const n = rmsNorm(x, t.norm, o.normEps);
   const h = linear(n, t.downW, t.downB);
   const a = o.act === 'gelu' ? geluErf(h) : silu(h);
-  return mul(linear(dropout(a, o.dropout), t.upW, t.upB), o.scale);
+  return mul(linear(seededDropout(a, o.dropout, o.noiseKey ?? 'mosa'), t.upW, t.upB), o.scale);
 }
 
 /** Names of one block's merged adapter tensors (graph inputs and exported extra tensors). */

@@ -144,7 +144,7 @@ export class MosaMethod implements Method {
           return s ? selectedModule(g, s, g.input(selectInput(pass, layer, proj), 'f32', [K])) : paramValue(g, dense!);
         };
         const t = { norm: paramValue(g, la.norm), downW: pick('down', la.downW), downB: paramValue(g, la.downB), upW: pick('up'), upB: paramValue(g, la.upB) };
-        return add(out, adapterBranch(x, t, this.branchOptions(true)));
+        return add(out, adapterBranch(x, t, { ...this.branchOptions(true), noiseKey: `mosa.p${pass}.layers.${layer}` }));
       },
     };
   }

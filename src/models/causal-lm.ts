@@ -8,6 +8,7 @@ import { Graph, type Value } from '../engine/ir.js';
 import { crossEntropy, linear } from '../engine/nn.js';
 import { gemm, reshape } from '../engine/ops/index.js';
 import { defaultRuntime, type CompiledGraph, type Runtime } from '../engine/runtime.js';
+import { isNoiseInput } from '../engine/noise.js';
 import { loadModel, type GenerationDefaults, type LoadedModel } from '../io/model-dir.js';
 import type { ModelConfig } from '../io/config.js';
 import type { Tokenizer } from '../io/tokenizer.js';
@@ -181,6 +182,9 @@ export class CausalLM {
     const out: Record<string, HostTensor> = {};
     for (const spec of compiled.inputs) {
       const t = extra[spec.name] ?? this.weights.get(spec.name);
+      if (!t && isNoiseInput(spec.name)) {
+        throw new SparsetuneError('BAD_FEED', `graph input '${spec.name}' is seeded dropout noise: the Trainer feeds it; to run a training graph yourself add noiseFeeds() (src/train/noise-feeds.ts), or build with the method's 'eval' hooks`);
+      }
       if (!t) throw new SparsetuneError('BAD_FEED', `no value for graph input '${spec.name}'`);
       out[spec.name] = t;
     }

@@ -15,7 +15,14 @@ import { writeDirAtomic } from '../merge/atomic-dir.js';
 import type { HostTensor } from '../tensor.js';
 import { trainerConfigSchema, type TrainerState } from './trainer.js';
 
-export const CHECKPOINT_FORMAT = 'sparsetune.checkpoint/1';
+export const CHECKPOINT_FORMAT = 'sparsetune.checkpoint/2';
+/**
+ * The format before per-param optimizer step counts. Still read: each param's count is the
+ * global step count, the bias correction those runs used (so a run whose params never
+ * skipped a step resumes exactly; MoSA modules and dead GS-LoRA groups continue with the
+ * per-param rule from there).
+ */
+export const CHECKPOINT_FORMAT_V1 = 'sparsetune.checkpoint/1';
 export const CHECKPOINT_JSON = 'checkpoint.json';
 export const CHECKPOINT_TENSORS = 'state.safetensors';
 
@@ -39,7 +46,7 @@ export interface Checkpoint {
 
 const evalSchema = z.object({ loss: z.number(), ppl: z.number(), tokens: z.number() });
 const checkpointJsonSchema = z.object({
-  format: z.literal(CHECKPOINT_FORMAT),
+  format: z.enum([CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_V1]),
   created: z.string(),
   step: z.number().int().nonnegative(),
   phase: z.number().int().nonnegative(),
@@ -48,7 +55,15 @@ const checkpointJsonSchema = z.object({
   batchInEpoch: z.number().int().nonnegative(),
   trainer: trainerConfigSchema,
   params: z.array(z.object({ name: z.string(), shape: z.array(z.number().int().nonnegative()) })),
-  optimizer: z.object({ t: z.number().int().nonnegative(), slots: z.number().int().nonnegative(), moments: z.number().int().min(0).max(2) }).nullable(),
+  optimizer: z
+    .object({
+      t: z.number().int().nonnegative(),
+      slots: z.number().int().nonnegative(),
+      moments: z.number().int().min(0).max(2),
+      /** Updates per slot (format 2). */
+      steps: z.array(z.number().int().nonnegative()).optional(),
+    })
+    .nullable(),
   methodState: z.unknown().optional(),
   initialEval: evalSchema.optional(),
   meta: z.object({
@@ -142,7 +157,7 @@ export async function saveCheckpoint(dir: string, state: TrainerState, meta: Che
     batchInEpoch: state.batchInEpoch,
     trainer: state.config,
     params: state.params.map((p) => ({ name: p.name, shape: p.shape })),
-    optimizer: state.optimizer ? { t: state.optimizer.t, slots: state.optimizer.m.length, moments } : null,
+    optimizer: state.optimizer ? { t: state.optimizer.t, slots: state.optimizer.m.length, moments, steps: state.optimizer.steps } : null,
     methodState,
     initialEval: state.initialEval,
     meta,
@@ -170,6 +185,9 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     throw new SparsetuneError('BAD_DATA', `${jsonFile}: not a ${CHECKPOINT_FORMAT} checkpoint (${issues})`);
   }
   const j = parsed.data;
+  if (j.optimizer?.steps && j.optimizer.steps.length !== j.optimizer.slots) {
+    throw new SparsetuneError('BAD_DATA', `${jsonFile}: the optimizer has ${j.optimizer.slots} slots but ${j.optimizer.steps.length} step counts; the checkpoint is damaged`);
+  }
   const tensorFile = path.join(dir, CHECKPOINT_TENSORS);
   const { tensors } = await readSafetensors(tensorFile);
   const f32 = (name: string): Float32Array => {
@@ -181,6 +199,7 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const optimizer = j.optimizer
     ? {
         t: j.optimizer.t,
+        steps: j.optimizer.steps ?? new Array<number>(j.optimizer.slots).fill(j.optimizer.t),
         m: j.optimizer.moments >= 1 ? Array.from({ length: j.optimizer.slots }, (_, k) => f32(`optim.m/${k}`)) : [],
         v: j.optimizer.moments >= 2 ? Array.from({ length: j.optimizer.slots }, (_, k) => f32(`optim.v/${k}`)) : [],
       }

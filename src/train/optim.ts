@@ -1,5 +1,6 @@
 /** Optimizers (AdamW with decoupled weight decay, SGD with momentum) and LR schedules. */
 import { z } from 'zod';
+import { SparsetuneError } from '../errors.js';
 import type { TrainableParam } from './method.js';
 
 export const optimizerSchema = z.object({
@@ -14,14 +15,27 @@ export const optimizerSchema = z.object({
 export type OptimizerConfig = z.infer<typeof optimizerSchema>;
 
 export interface OptimizerState {
+  /** Optimizer steps taken (calls of `step`). */
   t: number;
+  /**
+   * Per slot: the updates that param received. A param without a gradient in a step (an
+   * unused MoSA module, a dead GS-LoRA group) is not updated and its count does not move,
+   * so Adam's bias correction 1 − beta^steps[k] is that param's own. Absent in checkpoints
+   * written before per-param counts: every slot then counts `t`.
+   */
+  steps: number[];
   m: Float32Array[];
   v: Float32Array[];
 }
 
-/** Updates params in place from gradients; one state slot per param. */
+/**
+ * Updates params in place from gradients; one state slot per param. AdamW keeps a step
+ * count per param (PyTorch's `state['step']` is per parameter too), so a param that skips
+ * steps gets the bias correction of the updates it actually had.
+ */
 export class Optimizer {
   private t = 0;
+  private steps: number[];
   private m: Float32Array[];
   private v: Float32Array[];
 
@@ -29,6 +43,7 @@ export class Optimizer {
     readonly params: TrainableParam[],
     readonly cfg: OptimizerConfig,
   ) {
+    this.steps = params.map(() => 0);
     this.m = params.map((p) => new Float32Array(p.data.length));
     this.v = cfg.type === 'adamw' ? params.map((p) => new Float32Array(p.data.length)) : [];
   }
@@ -37,17 +52,18 @@ export class Optimizer {
   step(grads: (Float32Array | null)[], lr: number): void {
     this.t++;
     const { beta1, beta2, eps, weightDecay, momentum } = this.cfg;
-    const bc1 = 1 - beta1 ** this.t;
-    const bc2 = 1 - beta2 ** this.t;
     this.params.forEach((p, k) => {
       const g = grads[k];
       if (!g) return;
+      const n = ++this.steps[k];
       const w = p.data;
       const plr = lr * (p.lrScale ?? 1);
       const wd = p.decay ? weightDecay : 0;
       const m = this.m[k];
       if (this.cfg.type === 'adamw') {
         const v = this.v[k];
+        const bc1 = 1 - beta1 ** n;
+        const bc2 = 1 - beta2 ** n;
         for (let i = 0; i < w.length; i++) {
           const gi = g[i];
           m[i] = beta1 * m[i] + (1 - beta1) * gi;
@@ -63,12 +79,17 @@ export class Optimizer {
     });
   }
 
+  /** The live state (not copies). */
   state(): OptimizerState {
-    return { t: this.t, m: this.m, v: this.v };
+    return { t: this.t, steps: this.steps, m: this.m, v: this.v };
   }
 
   loadState(s: OptimizerState): void {
+    if (s.steps.length !== this.params.length) {
+      throw new SparsetuneError('SHAPE_MISMATCH', `optimizer state has step counts for ${s.steps.length} params, this optimizer has ${this.params.length}`);
+    }
     this.t = s.t;
+    this.steps = [...s.steps];
     s.m.forEach((a, k) => this.m[k].set(a));
     s.v.forEach((a, k) => this.v[k].set(a));
   }

@@ -10,8 +10,10 @@ export interface MethodRecipe {
   source: string;
   /** Peak learning rate. */
   lr: number;
-  /** Optimizer steps (for multi-phase methods: the total; phases split it as the method says). */
+  /** Optimizer steps (of each phase, for multi-phase methods without `phaseSteps`). */
   steps?: number;
+  /** Multi-phase methods (LT-SFT): steps of each phase, in order. */
+  phaseSteps?: number[];
   batchSize?: number;
   optimizer?: { type?: 'adamw' | 'sgd'; beta1?: number; beta2?: number; eps?: number; weightDecay?: number; momentum?: number };
   schedule?: { type?: 'constant' | 'linear' | 'cosine'; warmupSteps?: number; minRatio?: number };
@@ -33,12 +35,13 @@ export const GENERIC_RECIPE: MethodRecipe = {
 };
 
 /** A recipe with every field the trainer needs filled in from GENERIC_RECIPE. */
-export function resolveRecipe(recipe: MethodRecipe | undefined): Required<Omit<MethodRecipe, 'notes'>> & { notes?: string } {
+export function resolveRecipe(recipe: MethodRecipe | undefined): Required<Omit<MethodRecipe, 'notes' | 'phaseSteps'>> & { notes?: string; phaseSteps?: number[] } {
   const r = recipe ?? GENERIC_RECIPE;
   return {
     source: r.source,
     lr: r.lr,
     steps: r.steps ?? GENERIC_RECIPE.steps!,
+    ...(r.phaseSteps ? { phaseSteps: [...r.phaseSteps] } : {}),
     batchSize: r.batchSize ?? GENERIC_RECIPE.batchSize!,
     optimizer: { ...GENERIC_RECIPE.optimizer, ...r.optimizer },
     schedule: { ...GENERIC_RECIPE.schedule, ...r.schedule },
@@ -52,6 +55,7 @@ export function recipeTrainerConfig(recipe: MethodRecipe | undefined): TrainerCo
   const r = resolveRecipe(recipe);
   return {
     steps: r.steps,
+    ...(r.phaseSteps ? { phaseSteps: r.phaseSteps } : {}),
     batchSize: r.batchSize,
     optimizer: { ...r.optimizer, lr: r.lr },
     schedule: r.schedule,
@@ -65,10 +69,11 @@ export function recipeHelp(recipe: MethodRecipe | undefined): string[] {
   const o = r.optimizer;
   const s = r.schedule;
   const opt = o.type === 'sgd' ? `sgd (momentum ${o.momentum ?? 0.9})` : `adamw (beta1 ${o.beta1 ?? 0.9}, beta2 ${o.beta2 ?? 0.999}, weight decay ${o.weightDecay ?? 0})`;
+  const sched = s.type === 'constant' ? 'constant' : `${s.type} to ${s.minRatio ?? 0.1} x peak`;
   const lines = [
     'Recipe (the defaults of `train` for this method; any flag overrides):',
-    `  --lr ${r.lr}  --steps ${r.steps}  --batch-size ${r.batchSize}  --schedule ${s.type}  --warmup ${s.warmupSteps ?? 0}  --clip-norm ${r.clipNorm}`,
-    `  optimizer ${opt}`,
+    `  --lr ${r.lr}  ${r.phaseSteps ? `--phase-steps ${r.phaseSteps.join(',')}` : `--steps ${r.steps}`}  --batch-size ${r.batchSize}  --schedule ${s.type}  --warmup ${s.warmupSteps ?? 0}  --clip-norm ${r.clipNorm}`,
+    `  optimizer ${opt}; schedule ${sched}`,
     `  source: ${r.source}`,
   ];
   if (r.notes) lines.push(`  note: ${r.notes}`);

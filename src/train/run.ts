@@ -170,7 +170,7 @@ export async function runTraining(opts: RunTrainingOptions): Promise<RunTraining
   const onAbort = () => trainer.requestStop('interrupted');
   opts.signal?.addEventListener('abort', onAbort);
   if (opts.signal?.aborted) onAbort();
-  progress?.start(trainer.cfg.steps, resumedPhaseStep);
+  progress?.start(trainer.phaseTotal, resumedPhaseStep);
   let result: TrainResult;
   try {
     result = await trainer.train(train, evalSet);

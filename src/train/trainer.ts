@@ -14,9 +14,16 @@ import type { ModelHooks } from '../models/hooks.js';
 import { defaultObjective, type GradMap, type Method, type StepContext, type TrainableParam } from './method.js';
 import { clipGlobalNorm, Optimizer, optimizerSchema, scheduledLr, scheduleSchema, type OptimizerState } from './optim.js';
 import { paramFeeds } from './param-feeds.js';
+import { noiseFeeds, noiseSeed, noiseSpecs, type InputSpec } from './noise-feeds.js';
 
 export const trainerConfigSchema = z.object({
+  /** Optimizer steps (of every phase, unless phaseSteps says otherwise). */
   steps: z.number().int().positive().default(100),
+  /**
+   * Steps of each training phase, for methods with `nextPhase` (LT-SFT's dense and sparse
+   * phases); a phase past the end of the list runs `steps`.
+   */
+  phaseSteps: z.array(z.number().int().positive()).min(1).optional(),
   batchSize: z.number().int().positive().default(8),
   gradAccum: z.number().int().positive().default(1),
   optimizer: optimizerSchema.default(optimizerSchema.parse({})),
@@ -97,7 +104,7 @@ export interface TrainerState {
 }
 
 /** Trainer config fields that change the trajectory; a resumed run must match them. */
-const TRAJECTORY_FIELDS = ['steps', 'batchSize', 'gradAccum', 'optimizer', 'schedule', 'clipNorm', 'seed'] as const;
+const TRAJECTORY_FIELDS = ['steps', 'phaseSteps', 'batchSize', 'gradAccum', 'optimizer', 'schedule', 'clipNorm', 'seed'] as const;
 
 /** Mix a run seed and a step into a 31-bit seed (methods use it for noise and dropout). */
 export function stepSeed(seed: number, step: number): number {
@@ -112,6 +119,8 @@ interface CompiledObjective {
   params: TrainableParam[];
   extraNames: string[];
   metricNames: string[];
+  /** Seeded noise inputs (dropout) the trainer feeds each micro-batch. */
+  noise: InputSpec[];
 }
 
 export class Trainer {
@@ -161,13 +170,19 @@ export class Trainer {
       for (const name of extraNames) grad(obj.extraLosses![name], wrt).forEach((gv, k) => g.output(`grad@${name}:${params[k].name}`, gv));
       const metricNames = Object.keys(obj.metrics ?? {});
       for (const m of metricNames) g.output(`metric:${m}`, obj.metrics![m]);
-      return { compiled: await this.model.runtime.compile(g), params, extraNames, metricNames };
+      const compiled = await this.model.runtime.compile(g);
+      return { compiled, params, extraNames, metricNames, noise: noiseSpecs(compiled.inputs) };
     })();
     return this.objective;
   }
 
+  /** Steps of the current phase (phaseSteps, else steps). */
+  get phaseTotal(): number {
+    return this.cfg.phaseSteps?.[this.phase] ?? this.cfg.steps;
+  }
+
   private ctx(lr: number): StepContext {
-    return { model: this.model, step: this.step, totalSteps: this.cfg.steps, lr, seed: stepSeed(this.cfg.seed, this.step) };
+    return { model: this.model, step: this.step, totalSteps: this.phaseTotal, lr, seed: stepSeed(this.cfg.seed, this.step) };
   }
 
   /** Ask the loop to stop after the current step (early stopping, Ctrl-C); `train` then evaluates and returns. */
@@ -192,7 +207,7 @@ export class Trainer {
       batchInEpoch: this.batchInEpoch,
       config: structuredClone(this.cfg),
       params,
-      optimizer: opt ? { t: opt.t, m: opt.m.map((a) => a.slice()), v: opt.v.map((a) => a.slice()) } : null,
+      optimizer: opt ? { t: opt.t, steps: [...opt.steps], m: opt.m.map((a) => a.slice()), v: opt.v.map((a) => a.slice()) } : null,
       methodState: this.method.state ? structuredClone(this.method.state()) : undefined,
       initialEval: this.initialEval,
     };
@@ -270,18 +285,18 @@ export class Trainer {
   }
 
   /**
-   * Train for cfg.steps optimizer steps (cycling through the data in seeded epochs), or
+   * Train for cfg.steps optimizer steps per phase (or cfg.phaseSteps; cycling through the data in seeded epochs), or
    * continue a run given to `resumeFrom`.
    */
   async train(train: TokenizedExample[], evalData?: TokenizedExample[]): Promise<TrainResult> {
     if (train.length === 0) throw new SparsetuneError('BAD_DATA', 'training set is empty');
-    let { compiled, params, extraNames, metricNames } = await this.compileObjective();
+    let { compiled, params, extraNames, metricNames, noise } = await this.compileObjective();
     const result: TrainResult = { steps: 0, history: [] };
     await this.method.beforeTraining?.(this.ctx(this.cfg.optimizer.lr));
     const resume = this.pendingResume;
     this.pendingResume = null;
     if (resume) {
-      ({ compiled, params, extraNames, metricNames } = await this.applyResume(resume));
+      ({ compiled, params, extraNames, metricNames, noise } = await this.applyResume(resume));
       result.initialEval = this.initialEval;
     } else if (evalData?.length) {
       result.initialEval = this.initialEval = await this.evaluate(evalData);
@@ -312,8 +327,8 @@ export class Trainer {
     };
     this.optimizer ??= new Optimizer(params, this.cfg.optimizer);
     for (;;) {
-      while (this.step < this.cfg.steps && !this.stopReason) {
-        const lr = scheduledLr(this.cfg.optimizer.lr, this.step, this.cfg.steps, this.cfg.schedule);
+      while (this.step < this.phaseTotal && !this.stopReason) {
+        const lr = scheduledLr(this.cfg.optimizer.lr, this.step, this.phaseTotal, this.cfg.schedule);
         const ctx = this.ctx(lr);
         const t0 = performance.now();
         const acc: (Float32Array | null)[] = params.map(() => null);
@@ -324,6 +339,8 @@ export class Trainer {
         for (let micro = 0; micro < this.cfg.gradAccum; micro++) {
           const batch = nextBatch();
           const feeds = { ...paramFeeds(params), ...(this.method.stepFeeds?.(ctx) ?? {}), ...CausalLM.trainFeeds(batch) };
+          // Dropout noise: a pure function of (seed, global step, micro-batch), so resumed runs draw the same masks.
+          Object.assign(feeds, noiseFeeds(noise, compiled.inputs, feeds, noiseSeed(this.cfg.seed, this.stepsBefore + this.step, micro)));
           const out = await compiled.run(this.model.feeds(compiled, feeds));
           const loss = Number(out.loss.data[0]);
           if (!Number.isFinite(loss)) {
@@ -375,7 +392,7 @@ export class Trainer {
         result.history.push(log);
         this.step++;
         await this.callbacks.onStep?.(log);
-        if (evalData?.length && this.cfg.evalEvery && this.step % this.cfg.evalEvery === 0 && this.step < this.cfg.steps) {
+        if (evalData?.length && this.cfg.evalEvery && this.step % this.cfg.evalEvery === 0 && this.step < this.phaseTotal) {
           await this.callbacks.onEval?.(this.step, await this.evaluate(evalData), 'periodic');
         }
         await this.callbacks.onStepEnd?.(log);
@@ -387,7 +404,7 @@ export class Trainer {
         this.phase++;
         this.step = 0;
         this.objective = null;
-        ({ compiled, params, extraNames, metricNames } = await this.compileObjective());
+        ({ compiled, params, extraNames, metricNames, noise } = await this.compileObjective());
         this.optimizer = new Optimizer(params, this.cfg.optimizer);
         continue;
       }

@@ -76,3 +76,27 @@ export function lcg32(seed: number, params: LcgParams): Rng {
   const next = lcg32Uint32(seed, params);
   return () => next() / 2 ** 32;
 }
+
+/**
+ * Fill `out` with uniforms in [0, 1) on a 2^-24 grid (exact in float32, so never rounded
+ * up to 1): the mulberry32 sequence of `seed`, top 24 bits of each state. Used for seeded
+ * dropout noise, where a fresh, reproducible draw per step and input is needed fast.
+ */
+export function fillUniform24(out: Float32Array, seed: number): Float32Array {
+  let s = seed >>> 0;
+  for (let i = 0; i < out.length; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((t ^ (t >>> 14)) >>> 8) / 16777216;
+  }
+  return out;
+}
+
+/** 32-bit FNV-1a hash of a string's UTF-16 code units (mixing names into seeds). */
+export function fnv1a32(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return h >>> 0;
+}

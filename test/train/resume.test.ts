@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { LoraMethod } from '../../src/adapters/lora.js';
+import { MosaMethod } from '../../src/adapters/mosa.js';
 import type { TokenizedExample } from '../../src/io/datasets.js';
 import { Trainer, type TrainerConfigInput } from '../../src/train/trainer.js';
 import { runTraining } from '../../src/train/run.js';
@@ -97,4 +98,33 @@ describe('checkpoints and exact resume', () => {
     const empty = mkdtempSync(join(tmpdir(), 'sparsetune-resume-none-'));
     await expect(runTraining({ model, method: new LoraMethod(model, LORA), trainer: CFG, train: data, outDir: empty, resume: true })).rejects.toThrow(/no checkpoint/);
   });
+});
+
+describe('seeded dropout and skipped steps resume exactly', () => {
+  for (const [name, make] of [
+    ['LoRA with dropout 0.2', (m: CausalLM) => new LoraMethod(m, { ...LORA, dropout: 0.2 })],
+    ['MoSA (dropout 0.1; unused modules skip steps)', (m: CausalLM) => new MosaMethod(m, { bottleneck: 8, modules: 4, dropout: 0.1, seed: 2 })],
+  ] as const) {
+    it(`${name}: same seed, same run bit for bit; an interrupted run resumes onto it; another seed differs`, async () => {
+      const model = await CausalLM.load(FIXTURE);
+      const data = syntheticData(7, model.vocabSize, 12);
+      const cfg = { ...CFG, evalEvery: 0 };
+      const a = await new Trainer(model, make(model), cfg).train(data);
+      const b = await new Trainer(model, make(model), cfg).train(data);
+      a.history.forEach((h, k) => expect(Object.is(h.loss, b.history[k].loss)).toBe(true));
+      const other = await new Trainer(model, make(model), { ...cfg, seed: 6 }).train(data);
+      expect(other.history.map((h) => h.loss)).not.toEqual(a.history.map((h) => h.loss));
+
+      const ref = make(model);
+      const reference = await new Trainer(model, ref, cfg).train(data);
+      const out = mkdtempSync(join(tmpdir(), 'sparsetune-resume-noise-'));
+      const stop = new AbortController();
+      await runTraining({ model, method: make(model), trainer: cfg, train: data, holdout: 0, outDir: out, signal: stop.signal, callbacks: { onStep: (l) => void (l.globalStep === 4 && stop.abort()) } });
+      const resumed = make(model);
+      const second = await runTraining({ model, method: resumed, trainer: cfg, train: data, holdout: 0, outDir: out, resume: true });
+      second.history.forEach((h, k) => expect(Object.is(h.loss, reference.history[4 + k].loss)).toBe(true));
+      const want = ref.params();
+      resumed.params().forEach((p, k) => expect(Buffer.from(p.data.buffer).equals(Buffer.from(want[k].data.buffer)), p.name).toBe(true));
+    });
+  }
 });

@@ -63,7 +63,7 @@ describe('checkpoint files', () => {
       batchInEpoch: 5,
       config: trainerConfigSchema.parse({ steps: 9, seed: 4 }),
       params: [{ name: 'm.a', shape: [2, 2], data: new Float32Array([1, -0, 3.5, NaN]) }],
-      optimizer: { t: 7, m: [new Float32Array([0.1, 0.2, 0.3, 0.4])], v: [new Float32Array([1e-8, 2, 3, 4])] },
+      optimizer: { t: 7, steps: [5], m: [new Float32Array([0.1, 0.2, 0.3, 0.4])], v: [new Float32Array([1e-8, 2, 3, 4])] },
       methodState: { kept: new Uint8Array([1, 0, 1]), nested: { scores: new Float32Array([0.5, 0.25]), ids: new Int32Array([9, 8]) }, list: [1, 'two'], phaseName: 'sparse' },
       initialEval: { loss: 2, ppl: Math.exp(2), tokens: 30 },
     };

@@ -34,6 +34,7 @@ export const spec: CommandSpec = {
     out: { type: 'string', value: 'DIR', description: 'output directory: adapter.json + adapter.safetensors, metrics.jsonl, checkpoints/', required: true },
     eval: { type: 'string', value: 'FILE', description: 'held-out data (default: split --holdout of --data)' },
     steps: { type: 'string', value: 'N', description: 'optimizer steps', default: "the method's recipe" },
+    'phase-steps': { type: 'string', value: 'A,B', description: 'multi-phase methods (lt-sft): steps of each phase (--steps alone sets every phase)', default: "the method's recipe" },
     lr: { type: 'string', value: 'X', description: 'peak learning rate', default: "the method's recipe" },
     'batch-size': { type: 'string', value: 'N', description: 'examples per micro-batch', default: "the method's recipe" },
     'grad-accum': { type: 'string', value: 'N', description: 'micro-batches per optimizer step', default: '1' },
@@ -114,8 +115,12 @@ async function printMethodHelp(name: string): Promise<void> {
 /** Trainer settings from the flags; a flag not given takes the method's recipe value. */
 function trainerConfig(f: Flags, recipe: MethodRecipe | undefined): TrainerConfigInput & { steps: number } {
   const r = resolveRecipe(recipe);
+  // --steps sets every phase; --phase-steps (or, without either flag, the recipe) sets them one by one.
+  const phaseFlag = f.str('phase-steps');
+  const phaseSteps = phaseFlag !== undefined ? parsePhaseSteps(phaseFlag) : f.has('steps') ? undefined : r.phaseSteps;
   return {
     steps: f.int('steps', { min: 1 }, r.steps)!,
+    ...(phaseSteps ? { phaseSteps } : {}),
     batchSize: f.int('batch-size', { min: 1 }, r.batchSize)!,
     gradAccum: f.int('grad-accum', { min: 1 }, 1)!,
     optimizer: { ...r.optimizer, lr: f.num('lr', { gt: 0 }, r.lr)!, weightDecay: f.num('weight-decay', { min: 0 }, r.optimizer.weightDecay ?? 0)! },
@@ -125,6 +130,15 @@ function trainerConfig(f: Flags, recipe: MethodRecipe | undefined): TrainerConfi
     evalBatches: f.int('eval-batches', { min: 0 }, 0)!,
     seed: f.int('seed', { min: 0 }, 0)!,
   };
+}
+
+function parsePhaseSteps(text: string): number[] {
+  const parts = text.split(',').map((x) => x.trim());
+  const steps = parts.map(Number);
+  if (parts.length === 0 || steps.some((n, i) => parts[i] === '' || !Number.isInteger(n) || n < 1)) {
+    throw new UsageError('train', `--phase-steps ${text}: give positive integers separated by commas, one per phase (e.g. --phase-steps 200,200)`);
+  }
+  return steps;
 }
 
 /** Refuse to mix a new run into an old run's files unless asked. */

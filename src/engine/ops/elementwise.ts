@@ -216,7 +216,11 @@ defineOp('StraightThrough', {
 export const randomUniformLike = (x: Value): Value => x.graph.add('RandomUniformLike', [x])[0];
 defineOp('RandomUniformLike', { infer: (i) => [{ dtype: i[0].dtype, shape: [...i[0].shape] }], noGrad: true });
 
-/** Inverted dropout with keep probability 1 - p (identity when p = 0). */
+/**
+ * Inverted dropout with keep probability 1 - p (identity when p = 0), with onnxruntime's own
+ * unseeded noise: runs are not reproducible. Training code uses `seededDropout`
+ * (src/engine/noise.ts), whose noise the trainer feeds from the run's seed.
+ */
 export function dropout(x: Value, p: number): Value {
   if (p <= 0) return x;
   const keep = cast(less(randomUniformLike(x), 1 - p), x.dtype);
