@@ -5,6 +5,7 @@ export * from './validate.js';
 export * from './fingerprint.js';
 export * from './apply.js';
 export * from './compose.js';
+export * from './scale.js';
 export * from './peft.js';
 export { canonicalSum, lowRankProduct, reduceAdapter, type ParamEdit } from './reduce.js';
 export { adapterJsonSchema, type AdapterJson } from './codec.js';
