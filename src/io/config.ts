@@ -63,6 +63,25 @@ export interface Gpt2Config {
 export type ModelConfig = LlamaConfig | Gpt2Config;
 
 const posInt = z.number().int().positive();
+
+/**
+ * Upper bounds on config sizes, far above any published decoder model, so a corrupt or
+ * hostile config.json fails at parse time instead of driving a huge allocation.
+ */
+export const CONFIG_LIMITS = Object.freeze({
+  vocabSize: 1 << 24,
+  hiddenSize: 1 << 17,
+  intermediateSize: 1 << 20,
+  numLayers: 1024,
+  numHeads: 1024,
+  headDim: 4096,
+  maxPositionEmbeddings: 1 << 24,
+});
+
+/** A positive integer at most `max`; the message says why the bound exists. */
+function bounded(max: number) {
+  return posInt.max(max, { message: `must be at most ${max} (larger than any supported model; the config is corrupt or not a decoder LLM config)` });
+}
 const tokenId = z.number().int().nonnegative();
 const eosId = z.union([tokenId, z.array(tokenId).min(1)]);
 
@@ -81,20 +100,20 @@ const ropeScalingSchema = z
 const llamaSchema = z
   .object({
     model_type: z.string(),
-    vocab_size: posInt,
-    hidden_size: posInt,
-    intermediate_size: posInt,
-    num_hidden_layers: posInt,
-    num_attention_heads: posInt,
-    num_key_value_heads: posInt.nullable().optional(),
-    head_dim: posInt.nullable().optional(),
+    vocab_size: bounded(CONFIG_LIMITS.vocabSize),
+    hidden_size: bounded(CONFIG_LIMITS.hiddenSize),
+    intermediate_size: bounded(CONFIG_LIMITS.intermediateSize),
+    num_hidden_layers: bounded(CONFIG_LIMITS.numLayers),
+    num_attention_heads: bounded(CONFIG_LIMITS.numHeads),
+    num_key_value_heads: bounded(CONFIG_LIMITS.numHeads).nullable().optional(),
+    head_dim: bounded(CONFIG_LIMITS.headDim).nullable().optional(),
     rms_norm_eps: z.number().positive().default(1e-6),
     rope_theta: z.number().positive().default(10000),
     rope_scaling: ropeScalingSchema,
     tie_word_embeddings: z.boolean().default(false),
     attention_bias: z.boolean().default(false),
     mlp_bias: z.boolean().default(false),
-    max_position_embeddings: posInt.default(2048),
+    max_position_embeddings: bounded(CONFIG_LIMITS.maxPositionEmbeddings).default(2048),
     bos_token_id: tokenId.nullable().optional(),
     eos_token_id: eosId.nullable().optional(),
     hidden_act: z.string().default('silu'),
@@ -103,12 +122,12 @@ const llamaSchema = z
 const gpt2Schema = z
   .object({
     model_type: z.literal('gpt2'),
-    vocab_size: posInt.default(50257),
-    n_embd: posInt.default(768),
-    n_inner: posInt.nullable().optional(),
-    n_layer: posInt.default(12),
-    n_head: posInt.default(12),
-    n_positions: posInt.default(1024),
+    vocab_size: bounded(CONFIG_LIMITS.vocabSize).default(50257),
+    n_embd: bounded(CONFIG_LIMITS.hiddenSize).default(768),
+    n_inner: bounded(CONFIG_LIMITS.intermediateSize).nullable().optional(),
+    n_layer: bounded(CONFIG_LIMITS.numLayers).default(12),
+    n_head: bounded(CONFIG_LIMITS.numHeads).default(12),
+    n_positions: bounded(CONFIG_LIMITS.maxPositionEmbeddings).default(1024),
     layer_norm_epsilon: z.number().positive().default(1e-5),
     activation_function: z.string().default('gelu_new'),
     bos_token_id: tokenId.nullable().default(50256),
@@ -163,6 +182,8 @@ function llamaParser(opts: { qkvBias?: boolean }) {
     if (c.head_dim == null && c.hidden_size % c.num_attention_heads !== 0) {
       throw badConfig(source, `hidden_size ${c.hidden_size} is not divisible by num_attention_heads ${c.num_attention_heads}`);
     }
+    const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
+    if (headDim % 2 !== 0) throw badConfig(source, `head_dim ${headDim} is odd; rotary embeddings rotate pairs of channels, so it must be even`);
     return {
       arch: 'llama',
       modelType: c.model_type,
@@ -172,7 +193,7 @@ function llamaParser(opts: { qkvBias?: boolean }) {
       numLayers: c.num_hidden_layers,
       numHeads: c.num_attention_heads,
       numKvHeads,
-      headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+      headDim,
       rmsNormEps: c.rms_norm_eps,
       ropeTheta: c.rope_theta,
       ropeScaling: parseRopeScaling(c.rope_scaling, source),

@@ -12,8 +12,8 @@ import { SparsetuneError } from '../errors.js';
 import type { HostTensor } from '../tensor.js';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { resolveModelDir, type ResolveOptions } from './hub.js';
-import { readSafetensors, writeSafetensors } from './safetensors.js';
-import { readShardedSafetensors } from './safetensors-index.js';
+import { readSafetensors, readSafetensorsHeader, writeSafetensors, type SafetensorsEntry } from './safetensors.js';
+import { readShardedSafetensors, readShardedSafetensorsHeader } from './safetensors-index.js';
 import { Tokenizer } from './tokenizer.js';
 
 /** Sampling defaults from generation_config.json (falling back to config.json ids). */
@@ -71,25 +71,63 @@ async function readJsonFile(file: string): Promise<unknown | undefined> {
   }
 }
 
-function toF32(t: HostTensor): HostTensor<'f32'> {
-  if (t.dtype === 'f32') return t as HostTensor<'f32'>;
-  // Integer/f64 tensors in checkpoints are rare buffers; the model code works in f32.
-  const data = new Float32Array(t.data.length);
-  for (let i = 0; i < data.length; i++) data[i] = Number(t.data[i]);
-  return { dtype: 'f32', shape: t.shape, data };
+/** A header entry of the model's weights, with the file that holds it. */
+export type WeightFileEntry = SafetensorsEntry & { file: string };
+
+/**
+ * Decides, from the config and the weights' headers alone (no tensor data read yet), which
+ * tensors to load under which parameter names, or throws naming what does not fit.
+ * `CausalLM.load` passes the architecture's check (`planWeights` in models/param-shapes).
+ */
+export type WeightPlanner = (config: ModelConfig, entries: WeightFileEntry[], source: string, file: string) => Map<string, WeightFileEntry>;
+
+/** Storage dtypes that hold float weights. */
+const FLOAT_DTYPES = new Set(['F32', 'F16', 'BF16', 'F64']);
+
+/** Without an architecture's plan: every tensor, each of which must be a float. */
+function everyFloatTensor(_config: ModelConfig, entries: WeightFileEntry[], source: string, file: string): Map<string, WeightFileEntry> {
+  const plan = new Map<string, WeightFileEntry>();
+  for (const e of entries) {
+    if (!FLOAT_DTYPES.has(e.dtype)) {
+      throw new SparsetuneError(
+        'BAD_CONFIG',
+        `${source}: tensor "${e.name}" in ${file} is stored as ${e.dtype}, but model weights must be floats (F32, F16, BF16, F64); integer and quantized checkpoints are not supported: convert the checkpoint to float first`,
+      );
+    }
+    plan.set(e.name, e);
+  }
+  return plan;
 }
 
-async function loadWeights(dir: string): Promise<Map<string, HostTensor<'f32'>>> {
+function toF32(t: HostTensor, name: string): HostTensor<'f32'> {
+  if (t.dtype === 'f32') return t as HostTensor<'f32'>;
+  if (t.dtype !== 'f64') throw new SparsetuneError('BAD_CONFIG', `tensor "${name}" is ${t.dtype}, not a float weight`);
+  return { dtype: 'f32', shape: t.shape, data: Float32Array.from(t.data as Float64Array) };
+}
+
+/**
+ * Read the weights' headers, let `plan` check them against the config, then read only the
+ * planned tensors: a config that contradicts the file fails before any tensor is allocated.
+ */
+async function loadWeights(dir: string, config: ModelConfig, plan: WeightPlanner): Promise<Map<string, HostTensor<'f32'>>> {
   const single = path.join(dir, 'model.safetensors');
   const index = path.join(dir, 'model.safetensors.index.json');
-  let tensors: Map<string, HostTensor>;
-  if (existsSync(single)) tensors = (await readSafetensors(single)).tensors;
-  else if (existsSync(index)) tensors = (await readShardedSafetensors(index)).tensors;
-  else {
+  let entries: WeightFileEntry[];
+  let file: string;
+  if (existsSync(single)) {
+    file = 'model.safetensors';
+    entries = (await readSafetensorsHeader(single)).entries.map((e) => ({ ...e, file: single }));
+  } else if (existsSync(index)) {
+    file = 'model.safetensors.index.json';
+    entries = (await readShardedSafetensorsHeader(index)).entries;
+  } else {
     throw new SparsetuneError('NOT_FOUND', `${dir}: no model.safetensors or model.safetensors.index.json (only safetensors weights are supported; convert .bin/.pt checkpoints first)`);
   }
+  const wanted = plan(config, entries, dir, file);
+  const fileNames = [...wanted.values()].map((e) => e.name);
+  const tensors = file === 'model.safetensors' ? (await readSafetensors(single, { names: fileNames })).tensors : (await readShardedSafetensors(index, { names: fileNames })).tensors;
   const out = new Map<string, HostTensor<'f32'>>();
-  for (const [name, t] of tensors) out.set(name, toF32(t));
+  for (const [name, e] of wanted) out.set(name, toF32(tensors.get(e.name)!, e.name));
   return out;
 }
 
@@ -117,15 +155,17 @@ async function loadGeneration(dir: string, config: ModelConfig): Promise<Generat
 /**
  * Load a model from a directory or hub id: config.json (validated), weights as f32
  * (single or sharded safetensors; skip with `weights: false`), tokenizer (null when the
- * directory has no tokenizer.json) and generation defaults.
+ * directory has no tokenizer.json) and generation defaults. `planWeights` checks the
+ * weights' headers against the config before any tensor is read (default: every tensor,
+ * floats only); `CausalLM.load` passes the architecture's full shape check.
  */
-export async function loadModel(ref: string, opts: { weights?: boolean } & ResolveOptions = {}): Promise<LoadedModel> {
+export async function loadModel(ref: string, opts: { weights?: boolean; planWeights?: WeightPlanner } & ResolveOptions = {}): Promise<LoadedModel> {
   const dir = await resolveModelDir(ref, opts);
   const configFile = path.join(dir, 'config.json');
   const configJson = await readJsonFile(configFile);
   if (configJson === undefined) throw new SparsetuneError('NOT_FOUND', `${dir}: no config.json; is this a Hugging Face model directory?`);
   const config = parseModelConfig(configJson, configFile);
-  const weights = opts.weights === false ? new Map<string, HostTensor<'f32'>>() : await loadWeights(dir);
+  const weights = opts.weights === false ? new Map<string, HostTensor<'f32'>>() : await loadWeights(dir, config, opts.planWeights ?? everyFloatTensor);
   const tokenizer = existsSync(path.join(dir, 'tokenizer.json')) ? await Tokenizer.fromDir(dir) : null;
   const generation = await loadGeneration(dir, config);
   return { dir, config, weights, tokenizer, generation };

@@ -67,6 +67,59 @@ async function readJson(file: string, required: boolean): Promise<Record<string,
   }
 }
 
+/** Tokenizer model types (tokenizer.json `model.type`) this package can run. */
+export const SUPPORTED_TOKENIZER_MODELS: readonly string[] = Object.freeze(['BPE', 'Unigram', 'WordPiece']);
+
+/**
+ * Refuse a tokenizer.json whose model type is missing or unknown: the underlying library
+ * would otherwise guess a model from the fields present and tokenize wrongly without a word.
+ */
+function checkTokenizerModel(json: Record<string, unknown>): void {
+  const model = json.model;
+  if (model === null || typeof model !== 'object' || Array.isArray(model)) {
+    throw new SparsetuneError('BAD_CONFIG', 'tokenizer.json has no "model" object; it is not a Hugging Face tokenizers file (re-save it with tokenizer.save_pretrained)');
+  }
+  const type = (model as Record<string, unknown>).type;
+  if (typeof type !== 'string' || !SUPPORTED_TOKENIZER_MODELS.includes(type)) {
+    const what = typeof type === 'string' ? `type "${type.slice(0, 60)}"` : 'no "type"';
+    throw new SparsetuneError(
+      'BAD_CONFIG',
+      `tokenizer.json: model ${what} is not supported; supported tokenizer models: ${SUPPORTED_TOKENIZER_MODELS.join(', ')} (re-save the tokenizer with a recent tokenizers library, or use a model whose tokenizer is one of these)`,
+    );
+  }
+  checkTokenIds(json, model as Record<string, unknown>);
+}
+
+/**
+ * Token ids must be integers in a range the vocabulary fills: the tokenizer library builds
+ * an array indexed by id, so one id of 1e9 in a corrupt file would cost minutes and gigabytes.
+ * Ids may leave gaps, but not exceed twice the number of tokens (plus a little slack).
+ */
+function checkTokenIds(json: Record<string, unknown>, model: Record<string, unknown>): void {
+  const ids: [string, unknown][] = [];
+  const vocab = model.vocab;
+  let count = 0;
+  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) {
+    for (const [tok, id] of Object.entries(vocab)) ids.push([tok, id]);
+    count += ids.length;
+  } else if (Array.isArray(vocab)) count += vocab.length; // Unigram: ids are the positions
+  const added = Array.isArray(json.added_tokens) ? (json.added_tokens as unknown[]) : [];
+  for (const t of added) {
+    const rec = t && typeof t === 'object' ? (t as Record<string, unknown>) : {};
+    ids.push([String(rec.content), rec.id]);
+  }
+  count += added.length;
+  const limit = Math.min(2 * count + 256, 1 << 24);
+  for (const [tok, id] of ids) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= limit) {
+      throw new SparsetuneError(
+        'BAD_CONFIG',
+        `tokenizer.json: token ${JSON.stringify(tok.slice(0, 40))} has id ${String(id).slice(0, 40)}, but ids must be integers in [0, ${limit}) for a vocabulary of ${count} tokens; the file is corrupt, re-save the tokenizer`,
+      );
+    }
+  }
+}
+
 export class Tokenizer {
   readonly bosId: number | undefined;
   readonly eosId: number | undefined;
@@ -82,6 +135,7 @@ export class Tokenizer {
 
   /** Build from parsed tokenizer.json and tokenizer_config.json objects. */
   constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown> = {}, extra: { chatTemplate?: string } = {}) {
+    checkTokenizerModel(tokenizerJson);
     try {
       this.hf = new HfTokenizer(tokenizerJson, tokenizerConfig);
     } catch (err) {
@@ -120,7 +174,12 @@ export class Tokenizer {
     } catch {
       chatTemplate = undefined; // optional file
     }
-    return new Tokenizer(json!, cfg, { chatTemplate });
+    try {
+      return new Tokenizer(json!, cfg, { chatTemplate });
+    } catch (err) {
+      if (err instanceof SparsetuneError) throw new SparsetuneError(err.code, `${dir}/${err.message}`, { cause: err });
+      throw err;
+    }
   }
 
   /** Token ids of `text`; BOS is prepended when `addBos` (default: what the model's tokenizer does). */

@@ -18,6 +18,7 @@ import { mulDims } from '../engine/shapes.js';
 import type { Architecture, BuildContext, ForwardResult } from './arch.js';
 import type { LinearSite, ModelHooks } from './hooks.js';
 import { causalMask, rangePositions, stepMask, stepPositions } from './masks.js';
+import { planWeights } from './param-shapes.js';
 import { architectureOf } from './registry.js';
 
 export interface BuiltGraph {
@@ -57,19 +58,14 @@ export class CausalLM {
   ) {
     this.arch = architectureOf(config);
     this.arch.normalizeWeights?.(weights as Map<string, unknown>);
+    // The same check a load from disk runs on the headers: names, float dtype, exact shapes.
+    planWeights(config, [...weights].map(([name, t]) => ({ name, dtype: String(t.dtype).toUpperCase(), shape: t.shape })), source, 'the weights');
     this.siteList = this.arch.sites(config);
-    const missing = this.arch.paramNames(config).filter((n) => !weights.has(n));
-    if (missing.length) {
-      throw new SparsetuneError(
-        'BAD_CONFIG',
-        `${source}: the weights lack ${missing.length} parameter(s) the ${config.modelType} architecture needs, e.g. ${missing.slice(0, 3).join(', ')}; check that config.json matches model.safetensors`,
-      );
-    }
   }
 
   /** Load a HF model directory or a hub id from the local cache. */
   static async load(ref: string, opts: { runtime?: Runtime } = {}): Promise<CausalLM> {
-    return CausalLM.fromLoaded(await loadModel(ref), opts.runtime);
+    return CausalLM.fromLoaded(await loadModel(ref, { planWeights }), opts.runtime);
   }
 
   static fromLoaded(m: LoadedModel, runtime?: Runtime): CausalLM {

@@ -4,24 +4,8 @@ import type { HostTensor } from '../tensor.js';
 import { defaultRuntime, type Runtime } from '../engine/runtime.js';
 import { CausalLM } from './causal-lm.js';
 import { architectureOf } from './registry.js';
+import { expectedParamShapes } from './param-shapes.js';
 import { xorshift32 } from '../util/random.js';
-
-/** Shapes of every parameter of an architecture, derived from its sites and norms. */
-function paramShapes(model: { names: string[] }, cfg: ReturnType<typeof parseModelConfig>): Map<string, number[]> {
-  const shapes = new Map<string, number[]>();
-  const arch = architectureOf(cfg);
-  for (const s of arch.sites(cfg)) {
-    shapes.set(s.weightName, s.layout === 'out_in' ? [s.outFeatures, s.inFeatures] : [s.inFeatures, s.outFeatures]);
-    if (s.biasName) shapes.set(s.biasName, [s.outFeatures]);
-  }
-  for (const n of model.names) {
-    if (shapes.has(n)) continue;
-    if (n.endsWith('embed_tokens.weight') || n === 'transformer.wte.weight') shapes.set(n, [cfg.vocabSize, cfg.hiddenSize]);
-    else if (n === 'transformer.wpe.weight') shapes.set(n, [cfg.maxPositionEmbeddings, cfg.hiddenSize]);
-    else shapes.set(n, [cfg.hiddenSize]); // norms and their biases
-  }
-  return shapes;
-}
 
 /**
  * A model with N(0, std) weights (norm weights 1, biases 0) for the given HF config JSON.
@@ -31,7 +15,7 @@ export function randomModel(configJson: Record<string, unknown>, opts: { seed?: 
   const cfg = parseModelConfig(configJson, 'random config');
   const arch = architectureOf(cfg);
   const names = arch.paramNames(cfg);
-  const shapes = paramShapes({ names }, cfg);
+  const shapes = expectedParamShapes(cfg);
   const rand = xorshift32((opts.seed ?? 0) ^ 0x1234567);
   const std = opts.std ?? 0.02;
   const weights = new Map<string, HostTensor<'f32'>>();

@@ -3,7 +3,7 @@
  * adapter management, health, metrics). Generation routes live in http-generate.ts.
  */
 import { timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { apiError, toApiError } from './http-errors.js';
 import { registerGenerationRoutes } from './http-generate.js';
 import { loadAdapterSchema, parseBody } from './openai-schema.js';
@@ -45,7 +45,17 @@ function adapterInfo(e: AdapterEntry) {
 
 /** Build the fastify app over a ServeService (not listening yet). */
 export function buildApp(svc: ServeService, opts: HttpOptions): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit, return503OnClosing: true, forceCloseConnections: 'idle' });
+  const app = Fastify({
+    logger: false,
+    bodyLimit: opts.bodyLimit,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    // Errors fastify raises before routing (bad URL encoding, a too-long path parameter) get the same error shape.
+    frameworkErrors: (err, _req, reply: FastifyReply) => {
+      const { status, body } = toApiError(err);
+      void reply.code(status).send(body);
+    },
+  });
   const log = opts.log ?? (() => {});
   const started = Math.floor(Date.now() / 1000);
 

@@ -2,6 +2,7 @@
 import { loadAdapter, saveAdapter } from '../../merge/adapter.js';
 import { composeAdapters } from '../../merge/compose.js';
 import { loadModel } from '../../io/model-dir.js';
+import { planWeights } from '../../models/param-shapes.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
 import { log } from '../output.js';
 
@@ -28,7 +29,7 @@ export async function run(argv: string[]): Promise<void> {
   const modelFlag = f.str('model');
   if (modelFlag) {
     log(`loading model ${modelFlag}`);
-    const m = await loadModel(modelFlag);
+    const m = await loadModel(modelFlag, { planWeights });
     shapes = new Map([...m.weights].map(([k, v]) => [k, v.shape]));
   }
   const adapters = [];
