@@ -1,6 +1,10 @@
 /**
- * Merge benchmark: fuse and unfuse (exact restore) time against delta density on a
- * ~135M-parameter random Llama, and adapter file size against a dense delta.
+ * Merge benchmark (`npm run bench -- merge`):
+ * 1. hot-swap latency (bench/swap-latency.ts): apply, swap X -> Y and revert of sparse
+ *    deltas at 0.1%, 1% and 10% of every 2-D weight on stories260K and a random ~30M Llama,
+ *    plain adapters against prepared ones, side by side in alternating rounds;
+ * 2. fuse and unfuse (exact restore) time against delta density on a ~135M-parameter
+ *    random Llama, and adapter file size against a dense delta.
  */
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +15,10 @@ import { saveAdapter } from '../src/merge/adapter.js';
 import { fingerprintWeights } from '../src/merge/fingerprint.js';
 import { newAdapter, type Adapter } from '../src/merge/types.js';
 import { lcg32, NUMERICAL_RECIPES_LCG } from '../src/util/random.js';
+import { swapLatency } from './swap-latency.js';
 import { table, timeIt, writeResults } from './util.js';
+
+const swap = await swapLatency();
 
 const model = randomModel(LLAMA_135M, { seed: 1 });
 const fp = fingerprintWeights(model.weights);
@@ -63,10 +70,12 @@ for (const density of [0.001, 0.01, 0.1]) {
 }
 rmSync(dir, { recursive: true, force: true });
 const md = [
+  swap.markdown,
+  '',
   `## Merge: fuse/unfuse on a random Llama (${(totalParams / 1e6).toFixed(0)}M parameters, ${(totalTargeted / 1e6).toFixed(0)}M in the targeted linears)`,
   '',
   `Dense f32 delta of the targeted linears: ${(denseBytes / 1e6).toFixed(0)} MB. Unfuse restores the exact original bits.`,
   '',
   table(['density', 'nnz', 'fuse ms', 'unfuse ms', 'file MB (f32)', 'file MB (bf16)', 'file / dense delta'], rows),
 ].join('\n');
-writeResults('merge', { totalParams, totalTargeted, results }, md);
+writeResults('merge', { swap: swap.rows, fuse: { totalParams, totalTargeted, results } }, md);

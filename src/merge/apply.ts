@@ -1,25 +1,30 @@
 /**
  * Fuse adapters into base weights in place, and unfuse them exactly.
  *
- * Reverting never subtracts: the patcher keeps the pristine value of every touched element
- * (reference counted across applied adapters) and recomputes touched elements from those
- * values plus the adapters still applied. So after any sequence of apply/revert the weights
- * equal a from-scratch application of the applied set, and reverting everything gives back
- * the original bits. The value rule (see types.ts): w = float32(w0 + D) with D the
- * canonical sum of the adapters' float32 deltas, then 0 wherever an applied mask clears.
+ * Reverting never subtracts: the pristine value of every touched element is kept (by the
+ * applied edits that touch it, see pristine.ts) and touched elements are recomputed from
+ * those values plus the adapters still applied. So after any sequence of apply/revert the
+ * weights equal a from-scratch application of the applied set, and reverting everything
+ * gives back the original bits. The value rule (see types.ts): w = float32(w0 + D) with D
+ * the canonical sum of the adapters' float32 deltas, then 0 wherever an applied mask clears.
  *
- * Hot swaps touch only what they must. An element exactly one applied adapter touches is
- * worked out from that adapter alone (float32(p + d), no merging or sorting), which is every
- * element when a single mask-free sparse delta is applied; reverting writes back the saved
- * pristine value of every element no remaining adapter touches, and recomputes the rest.
+ * Hot swaps: `prepare` does the per-adapter work once (validation, fingerprint, reduction,
+ * reading the pristine values, working out the fused values). Applying a prepared adapter
+ * then writes its precomputed values where no other applied adapter touches, and reverting
+ * writes the pristine values back: scatters at memory speed, no reads of the weights. Only
+ * elements several applied adapters share, and dense (low-rank) parameters, are recomputed.
  */
 import { SparsetuneError } from '../errors.js';
 import { numel, type HostTensor } from '../tensor.js';
 import { checkFingerprint, fingerprintWeights, hashTensors } from './fingerprint.js';
-import { PristineStore, gather, lowerBound, scatter } from './pristine.js';
-import { canonicalSum, reduceAdapter, unionSorted, type ParamEdit } from './reduce.js';
+import { PreparedForm, fusedValues, touchedForm, type PreparedAdapter, type PreparedParam } from './prepared.js';
+import { pristineValues, scatter } from './pristine.js';
+import { reduceAdapter } from './reduce.js';
+import { rewriteDense, rewriteSparse } from './rewrite.js';
 import type { Adapter, AdapterMeta } from './types.js';
 import { validateAdapter } from './validate.js';
+
+export type { PreparedAdapter } from './prepared.js';
 
 /** A fused adapter; pass it to `WeightPatcher.revert` to take the adapter out again. */
 export interface AppliedHandle {
@@ -28,25 +33,13 @@ export interface AppliedHandle {
   readonly meta: AdapterMeta;
 }
 
-interface AppliedRecord {
-  handle: AppliedHandle;
-  /** Per parameter: this adapter's canonical edit and the elements it touches. */
-  params: Map<string, RecordParam>;
-}
-
-interface RecordParam {
-  edit: ParamEdit;
-  /** Sorted elements the edit touches (delta and mask), or null for all of them. */
-  touched: Int32Array | null;
-}
-
 interface ParamState {
   weight: Float32Array;
-  store: PristineStore;
-  /** Applied records touching this parameter, in application order... */
-  records: AppliedRecord[];
-  /** ...and their edits of it (same positions), so recomputing needs no Map lookups. */
-  edits: ParamEdit[];
+  /** Applied edits of this parameter, in application order (an adapter applied twice is here twice). */
+  edits: PreparedParam[];
+  /** Pristine copy of the whole parameter while dense edits are applied (`denseCount` of them). */
+  dense: Float32Array | null;
+  denseCount: number;
 }
 
 export interface ApplyOptions {
@@ -56,11 +49,14 @@ export interface ApplyOptions {
   fingerprint?: string;
 }
 
-/** Applies and reverts adapters on one set of base weights (mutated in place). */
+/**
+ * Applies and reverts adapters on one set of base weights (mutated in place). While it has
+ * adapters applied or prepared, only the patcher may change the weights.
+ */
 export class WeightPatcher {
   private readonly shapes = new Map<string, number[]>();
   private readonly states = new Map<string, ParamState>();
-  private readonly records = new Map<AppliedHandle, AppliedRecord>();
+  private readonly records = new Map<AppliedHandle, PreparedForm>();
   private nextId = 1;
   private baseFingerprint: string | undefined;
 
@@ -88,9 +84,7 @@ export class WeightPatcher {
       } else {
         const pristine = new Map<string, HostTensor>(this.weights);
         for (const [name, st] of this.states) {
-          const copy = st.weight.slice();
-          st.store.restoreInto(copy);
-          pristine.set(name, { ...this.weights.get(name)!, data: copy });
+          pristine.set(name, { ...this.weights.get(name)!, data: st.dense ?? pristineCopy(st) });
         }
         this.baseFingerprint = hashTensors(pristine);
       }
@@ -99,11 +93,22 @@ export class WeightPatcher {
   }
 
   /**
-   * Fuse `adapter` into the weights. Everything (names, shapes, index ranges, finite
-   * values, fingerprint) is checked before any weight changes, so a bad adapter leaves the
-   * base untouched.
+   * Do the per-adapter work of `apply` once: check the adapter (names, shapes, index
+   * ranges, finite values, fingerprint), reduce it to one float32 delta per element, and
+   * save the pristine values and fused values of the elements it touches. Applying the
+   * result is then a scatter per parameter. The weights are not changed.
+   *
+   * The prepared adapter belongs to this patcher and remembers pristine values: it stays
+   * valid while only this patcher changes the weights (`apply` spot-checks it and refuses
+   * one that no longer matches). It copies what it needs, so later changes to `adapter`
+   * do not reach it. Memory: about 16 bytes per touched element of a sparse parameter
+   * (its `bytes`), 4-5 per element of a dense one (a low-rank pair's B·A).
    */
-  apply(adapter: Adapter, opts: ApplyOptions = {}): AppliedHandle {
+  prepare(adapter: Adapter, opts: ApplyOptions = {}): PreparedAdapter {
+    return this.prepareForm(adapter, opts);
+  }
+
+  private prepareForm(adapter: Adapter, opts: ApplyOptions): PreparedForm {
     if (adapter.pruned) {
       throw new SparsetuneError(
         'BAD_ARGUMENT',
@@ -121,47 +126,54 @@ export class WeightPatcher {
       checkFingerprint(adapter, opts.fingerprint ?? this.fingerprint, opts);
     }
     validateAdapter(adapter, { shapes: this.shapes });
-    const edits = reduceAdapter(adapter, (name) => this.shapes.get(name));
-
-    const handle: AppliedHandle = Object.freeze({ id: this.nextId++, meta: adapter.meta });
-    const record: AppliedRecord = { handle, params: new Map() };
-    for (const [name, edit] of edits) {
-      const touched = touchedBy(edit);
-      record.params.set(name, { edit, touched });
-      let st = this.states.get(name);
-      if (!st) {
-        const weight = this.weights.get(name)!.data;
-        st = { weight, store: new PristineStore(weight.length), records: [], edits: [] };
-        this.states.set(name, st);
+    const params: PreparedParam[] = [];
+    for (const [name, edit] of reduceAdapter(adapter, (n) => this.shapes.get(n))) {
+      const weight = this.weights.get(name)!.data;
+      const t = touchedForm(edit, weight.length);
+      if (t.idx === null) {
+        params.push({ name, weight, idx: null, delta: t.delta, cleared: t.cleared, pristine: null, fused: null });
+        continue;
       }
-      st.records.push(record);
-      st.edits.push(edit);
-      fuseEdit(st, edit, touched);
+      if (t.idx.length === 0) continue;
+      const st = this.states.get(name);
+      const pristine = pristineValues(weight, t.idx, st?.edits ?? [], st?.dense ?? null);
+      params.push({ name, weight, idx: t.idx, delta: t.delta, cleared: t.cleared, pristine, fused: fusedValues(t, pristine) });
     }
-    this.records.set(handle, record);
+    return new PreparedForm(this, adapter.meta, params);
+  }
+
+  /**
+   * Fuse an adapter into the weights: a plain adapter (checked and prepared first, see
+   * `prepare`) or one this patcher prepared (`opts` are then ignored: it was checked when
+   * prepared). Everything is checked before any weight changes, so a bad adapter leaves
+   * the base untouched.
+   */
+  apply(adapter: Adapter | PreparedAdapter, opts: ApplyOptions = {}): AppliedHandle {
+    const prepared = adapter instanceof PreparedForm ? adapter : this.prepareForm(adapter as Adapter, opts);
+    this.checkPrepared(prepared);
+    for (const p of prepared.params) {
+      let st = this.states.get(p.name);
+      if (!st) {
+        st = { weight: p.weight, edits: [], dense: null, denseCount: 0 };
+        this.states.set(p.name, st);
+      }
+      fuseParam(st, p);
+    }
+    const handle: AppliedHandle = Object.freeze({ id: this.nextId++, meta: prepared.meta });
+    this.records.set(handle, prepared);
     return handle;
   }
 
   /** Take one applied adapter out; the others stay applied, in any order of reverts. */
   revert(h: AppliedHandle): void {
-    const record = this.records.get(h);
-    if (!record) {
+    const prepared = this.records.get(h);
+    if (!prepared) {
       throw new SparsetuneError('BAD_ARGUMENT', `revert: handle ${h?.id} is not applied on this patcher (already reverted, or from another patcher)`);
     }
-    for (const [name, { touched }] of record.params) {
-      const st = this.states.get(name)!;
-      const at = st.records.indexOf(record);
-      st.records.splice(at, 1);
-      st.edits.splice(at, 1);
-      if (st.records.length === 0) {
-        // Nothing else touches this parameter: every held element goes back to its pristine value.
-        st.store.restoreInto(st.weight);
-        this.states.delete(name);
-        continue;
-      }
-      // Elements no other adapter touches get their pristine value back; the rest are recomputed.
-      const still = st.store.release(touched, st.weight);
-      if (still.length > 0) recompute(st, touched === null ? still : pick(touched, still));
+    for (const p of prepared.params) {
+      const st = this.states.get(p.name)!;
+      unfuseParam(st, p);
+      if (st.edits.length === 0) this.states.delete(p.name);
     }
     this.records.delete(h);
   }
@@ -170,156 +182,74 @@ export class WeightPatcher {
   revertAll(): void {
     for (const h of this.applied.reverse()) this.revert(h);
   }
-}
 
-/** Elements an edit touches (sorted), or null for all of them. Shares the edit's own arrays when it can. */
-function touchedBy(edit: ParamEdit): Int32Array | null {
-  if (edit.delta !== null && edit.idx === null) return null;
-  if (edit.cleared === null) return edit.idx ?? new Int32Array(0);
-  if (edit.delta === null) return edit.cleared;
-  return unionSorted(edit.idx!, edit.cleared);
-}
-
-/** Fuse `edit`, just added as the last of `st.edits`, touching `touched`. */
-function fuseEdit(st: ParamState, edit: ParamEdit, touched: Int32Array | null): void {
-  if (edit.cleared === null && edit.delta !== null) {
-    if (st.store.empty) {
-      fuseAlone(st.weight, st.store, edit);
-      return;
+  /**
+   * Refuse a prepared adapter from another patcher, or one whose saved pristine values no
+   * longer match the weights (spot-checked where nothing is applied: the weights were
+   * changed outside this patcher after it was prepared).
+   */
+  private checkPrepared(prepared: PreparedForm): void {
+    const what = `prepared adapter "${prepared.meta.method}"`;
+    if (prepared.owner !== this) {
+      throw new SparsetuneError('BAD_ARGUMENT', `${what} was prepared by another WeightPatcher; prepare it with the patcher that applies it`);
     }
-    if (edit.idx !== null) {
-      fuseBeside(st, edit);
-      return;
+    for (const p of prepared.params) {
+      if (p.idx === null || this.states.has(p.name)) continue;
+      const last = p.idx.length - 1;
+      const k = !samePristine(p, 0) ? 0 : !samePristine(p, last >> 1) ? last >> 1 : !samePristine(p, last) ? last : -1;
+      if (k >= 0) {
+        throw new SparsetuneError(
+          'BAD_ARGUMENT',
+          `${what} no longer matches the weights ("${p.name}"[${p.idx[k]}] changed since it was prepared, outside this WeightPatcher); prepare it again from the current weights`,
+        );
+      }
     }
   }
-  st.store.acquire(st.weight, touched);
-  recompute(st, touched);
 }
 
-/**
- * Fuse a mask-free sparse edit onto a parameter other adapters already patch. Elements only
- * this edit touches take the one-adapter fast path (float32(p + d), p = the current weight,
- * which is pristine there); only the elements it shares with others are recomputed.
- */
-function fuseBeside(st: ParamState, edit: ParamEdit): void {
-  const weight = st.weight;
-  const idx = edit.idx!;
-  const delta = edit.delta!;
-  const seen = new Float32Array(idx.length);
-  gather(weight, idx, seen);
-  const shared = st.store.acquire(weight, idx, seen);
-  const nShared = shared.length;
-  let s = 0;
-  for (let k = 0; k < idx.length; k++) {
-    if (s < nShared && shared[s] === k) {
-      s++;
-      continue;
-    }
-    const d = delta[k];
-    if (d !== 0) weight[idx[k]] = seen[k] + d;
-  }
-  if (nShared > 0) recompute(st, pick(idx, shared));
+/** True when the weight at touched position `k` of `p` still holds the pristine value `p` saved (bit for bit). */
+function samePristine(p: PreparedParam, k: number): boolean {
+  return Object.is(p.weight[p.idx![k]], p.pristine![k]);
 }
 
-/** The entries of `list` at `positions` (both sorted, so the result is sorted too). */
-function pick(list: Int32Array, positions: Int32Array): Int32Array {
-  const out = new Int32Array(positions.length);
-  for (let k = 0; k < positions.length; k++) out[k] = list[positions[k]];
-  return out;
-}
-
-/**
- * Fuse the only edit of a parameter that nothing else touches and that has no mask, saving
- * pristine values and patching in one pass: w = float32(p + d), the one-term canonical sum.
- * A zero delta leaves the pristine bits alone (p + 0 would turn -0 into +0).
- */
-function fuseAlone(weight: Float32Array, store: PristineStore, edit: ParamEdit): void {
-  const delta = edit.delta!;
-  const idx = edit.idx;
-  if (idx === null) {
-    const saved = weight.slice();
-    for (let e = 0; e < saved.length; e++) {
-      const d = delta[e];
-      if (d !== 0) weight[e] = saved[e] + d;
-    }
-    store.adopt(null, saved);
+/** Fuse prepared edit `p` into its parameter. */
+function fuseParam(st: ParamState, p: PreparedParam): void {
+  const others = st.edits;
+  if (p.idx === null) {
+    if (st.dense === null) st.dense = pristineCopy(st);
+    st.denseCount++;
+    others.push(p);
+    rewriteDense(st.weight, st.dense, others);
     return;
   }
-  const n = idx.length;
-  const saved = new Float32Array(n);
-  // Reads first, writes in a second pass: the writes then never wait on a cache miss.
-  gather(weight, idx, saved);
-  for (let k = 0; k < n; k++) {
-    const d = delta[k];
-    if (d !== 0) weight[idx[k]] = saved[k] + d;
+  if (others.length === 0) {
+    // Nothing else touches the parameter: write the precomputed values.
+    if (p.fused === null) for (let k = 0; k < p.idx.length; k++) st.weight[p.idx[k]] = 0;
+    else scatter(st.weight, p.idx, p.fused, 0, p.idx.length);
+  } else {
+    rewriteSparse(p, others, true);
   }
-  store.adopt(idx, saved);
+  others.push(p);
 }
 
-/** Elements recomputed per batch: their new values are worked out first, then scattered. */
-const BATCH = 4096;
-const batchValues = new Float32Array(BATCH);
-
-/**
- * Recompute `touched` elements (sorted; null = all) from pristine values and the applied
- * edits. Every list is sorted, so each is walked by a galloping cursor (no per-element
- * search). Values are computed in batches by sequential, branchy walks and then written in a
- * separate branch-free pass, so the scattered writes to the weight can overlap.
- */
-function recompute(st: ParamState, touched: Int32Array | null): void {
-  const weight = st.weight;
-  const edits = st.edits;
-  const R = edits.length;
-  const pIdx = st.store.index;
-  const pVals = st.store.values;
-  const deltaPos = new Int32Array(R);
-  const clearPos = new Int32Array(R);
-  const buf = new Float64Array(R);
-  const count = touched === null ? weight.length : touched.length;
-  let pPos = 0;
-  for (let start = 0; start < count; start += BATCH) {
-    const end = Math.min(count, start + BATCH);
-    for (let k = start; k < end; k++) {
-      const e = touched === null ? k : touched[k];
-      let p: number;
-      if (pIdx === null) p = pVals[e];
-      else {
-        pPos = lowerBound(pIdx, pPos, e);
-        p = pVals[pPos];
-      }
-      let masked = false;
-      let n = 0;
-      for (let r = 0; r < R; r++) {
-        const edit = edits[r];
-        const cleared = edit.cleared;
-        if (cleared !== null && !masked) {
-          const c = lowerBound(cleared, clearPos[r], e);
-          clearPos[r] = c;
-          if (c < cleared.length && cleared[c] === e) masked = true;
-        }
-        const delta = edit.delta;
-        if (delta !== null) {
-          const idx = edit.idx;
-          if (idx === null) buf[n++] = delta[e];
-          else {
-            const c = lowerBound(idx, deltaPos[r], e);
-            deltaPos[r] = c;
-            if (c < idx.length && idx[c] === e) buf[n++] = delta[c];
-          }
-        }
-      }
-      let v: number;
-      if (masked) v = 0;
-      else if (n === 0) v = p;
-      else {
-        // One term is already a float32; two terms add the same in either order.
-        const D = n === 1 ? buf[0] : Math.fround(n === 2 ? buf[0] + buf[1] : canonicalSum(buf, n));
-        // A zero delta leaves the pristine bits alone (p + 0 would turn -0 into +0).
-        v = D === 0 ? p : p + D;
-      }
-      batchValues[k - start] = v; // the float32 store rounds p + D once, as the weight would
-    }
-    if (touched === null) weight.set(batchValues.subarray(0, end - start), start);
-    else scatter(weight, touched, batchValues, start, end);
+/** Take prepared edit `p` (applied) out of its parameter. */
+function unfuseParam(st: ParamState, p: PreparedParam): void {
+  st.edits.splice(st.edits.lastIndexOf(p), 1);
+  if (p.idx === null) {
+    if (st.edits.length === 0) st.weight.set(st.dense!);
+    else rewriteDense(st.weight, st.dense!, st.edits);
+    if (--st.denseCount === 0) st.dense = null;
+  } else if (st.edits.length === 0) {
+    // Nothing else touches the parameter: every element it touched gets its pristine value back.
+    scatter(st.weight, p.idx, p.pristine!, 0, p.idx.length);
+  } else {
+    rewriteSparse(p, st.edits, false);
   }
+}
+
+/** The pristine values of a whole parameter whose applied edits are all sparse. */
+function pristineCopy(st: ParamState): Float32Array {
+  const copy = st.weight.slice();
+  for (const e of st.edits) scatter(copy, e.idx!, e.pristine!, 0, e.idx!.length);
+  return copy;
 }

@@ -240,5 +240,5 @@ interface PoolState {
 function newPool(r: () => number): PoolState {
   const base = randomWeights(r);
   const pool = Array.from({ length: 6 }, (_, k) => randomAdapter(r, `p${k}`));
-  return { base, pool, refs: pool.map(denseReference) };
+  return { base, pool, refs: pool.map((a) => denseReference(a)) };
 }

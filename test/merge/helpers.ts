@@ -61,17 +61,27 @@ function randomFloats(r: () => number, n: number, nasty = true): Float32Array {
   return out;
 }
 
-/** A random adapter mixing payload kinds, often several on the same parameter. */
-export function randomAdapter(r: () => number, label: string): Adapter {
+/**
+ * A random adapter mixing payload kinds, often several on the same parameter. `shapes`
+ * defaults to the tiny SHAPES; `density` draws the fraction of a parameter an additive
+ * delta touches (default 10-60%).
+ */
+export function randomAdapter(
+  r: () => number,
+  label: string,
+  opts: { shapes?: Record<string, number[]>; density?: () => number } = {},
+): Adapter {
+  const shapes = opts.shapes ?? SHAPES;
+  const weightNames = Object.keys(shapes).filter((n) => shapes[n].length === 2);
   const a = newAdapter({ method: label, kind: 'additive', base: { model: 'tiny', fingerprint: '' } });
   const kinds = ['additive', 'structured', 'mask', 'lowrank'] as const;
   const count = 1 + randInt(r, 3);
   for (let k = 0; k < count; k++) {
     const kind = kinds[randInt(r, kinds.length)];
-    const name = WEIGHT_NAMES[randInt(r, WEIGHT_NAMES.length)];
-    const [out, inDim] = SHAPES[name];
+    const name = weightNames[randInt(r, weightNames.length)];
+    const [out, inDim] = shapes[name];
     if (kind === 'additive') {
-      const indices = sortedSubset(r, out * inDim, 0.1 + r() * 0.5);
+      const indices = sortedSubset(r, out * inDim, opts.density?.() ?? 0.1 + r() * 0.5);
       a.additive.set(name, { indices, values: randomFloats(r, indices.length) });
     } else if (kind === 'structured') {
       const mode = randInt(r, 4);
@@ -88,7 +98,7 @@ export function randomAdapter(r: () => number, label: string): Adapter {
         A: { dtype: 'f32', shape: [rank, inDim], data: randomFloats(r, rank * inDim, false) },
         B: { dtype: 'f32', shape: [out, rank], data: randomFloats(r, out * rank, false) },
         scale: [0.5, 2, 1 / 3, 16][randInt(r, 4)],
-        biasDelta: name.includes('q_proj') && r() < 0.5 ? randomFloats(r, out) : undefined,
+        biasDelta: shapes[name.replace(/\.weight$/, '.bias')] && r() < 0.5 ? randomFloats(r, out) : undefined,
       });
       if (a.lowrank.get(name)!.biasDelta === undefined) delete a.lowrank.get(name)!.biasDelta;
     }
@@ -108,24 +118,24 @@ export interface DenseAdapter {
   cleared: Map<string, Uint8Array>;
 }
 
-export function denseReference(a: Adapter): DenseAdapter {
+export function denseReference(a: Adapter, shapes: Record<string, number[]> = SHAPES): DenseAdapter {
   const contrib = new Map<string, number[][]>();
   const at = (name: string): number[][] => {
     if (!contrib.has(name)) {
-      const n = SHAPES[name].reduce((x, y) => x * y, 1);
+      const n = shapes[name].reduce((x, y) => x * y, 1);
       contrib.set(name, Array.from({ length: n }, () => []));
     }
     return contrib.get(name)!;
   };
   for (const [name, d] of a.additive) d.indices.forEach((e, k) => at(name)[e].push(d.values[k]));
   for (const [name, d] of a.structured) {
-    const [out, inDim] = SHAPES[name];
+    const [out, inDim] = shapes[name];
     const rows = d.rows ? [...d.rows] : [...Array(out).keys()];
     const cols = d.cols ? [...d.cols] : [...Array(inDim).keys()];
     rows.forEach((row, ri) => cols.forEach((col, ci) => at(name)[row * inDim + col].push(d.values[ri * cols.length + ci])));
   }
   for (const [name, p] of a.lowrank) {
-    const [out, inDim] = SHAPES[name];
+    const [out, inDim] = shapes[name];
     const rank = p.A.shape[0];
     for (let o = 0; o < out; o++) {
       for (let i = 0; i < inDim; i++) {

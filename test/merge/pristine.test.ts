@@ -1,5 +1,6 @@
+/** The kernels that move pristine values: galloping search, gather and scatter. */
 import { describe, expect, it } from 'vitest';
-import { PristineStore, lowerBound } from '../../src/merge/pristine.js';
+import { gather, lowerBound, scatter } from '../../src/merge/pristine.js';
 import { randInt, rng } from './helpers.js';
 
 describe('lowerBound', () => {
@@ -18,30 +19,23 @@ describe('lowerBound', () => {
   });
 });
 
-describe('PristineStore', () => {
-  it('keeps first-seen values through sparse and dense modes and empties when released', () => {
-    const weight = Float32Array.from({ length: 10 }, (_, i) => i);
-    const s = new PristineStore(10);
-    s.acquire(weight, Int32Array.from([2, 5]));
-    weight[2] = 100; // patched: the store must keep 2
-    s.acquire(weight, Int32Array.from([1, 2])); // 1 new, 2 again
-    weight[1] = 200;
-    let get = s.reader();
-    expect([get(1), get(2), get(5)]).toEqual([1, 2, 5]);
-    s.acquire(weight, Int32Array.from([0, 3, 4, 6])); // past half of the elements: dense
-    get = s.reader();
-    expect([get(0), get(1), get(2), get(5), get(6)]).toEqual([0, 1, 2, 5, 6]);
-    const copy = weight.slice();
-    s.restoreInto(copy);
-    expect(Array.from(copy)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    s.release(Int32Array.from([2, 5]));
-    expect(s.empty).toBe(false);
-    s.release(Int32Array.from([1, 2]));
-    s.release(Int32Array.from([0, 3, 4, 6]));
-    expect(s.empty).toBe(true);
-    s.acquire(weight, null);
-    expect(s.reader()(1)).toBe(200); // a new cycle sees the current value as pristine
-    s.release(null);
-    expect(s.empty).toBe(true);
+describe('gather / scatter', () => {
+  it('match naive loops for every length around the unrolled block sizes', () => {
+    const r = rng(5);
+    const weight = Float32Array.from({ length: 200 }, () => r());
+    for (let n = 0; n <= 40; n++) {
+      const idx = Int32Array.from({ length: n }, () => randInt(r, 200));
+      const out = new Float32Array(n);
+      gather(weight, idx, out);
+      expect(Array.from(out)).toEqual(Array.from(idx, (e) => weight[e]));
+      const from = randInt(r, n + 1);
+      const to = from + randInt(r, n - from + 1);
+      const vals = Float32Array.from({ length: n }, () => r());
+      const got = weight.slice();
+      const want = weight.slice();
+      scatter(got, idx, vals, from, to);
+      for (let k = from; k < to; k++) want[idx[k]] = vals[k - from];
+      expect(Array.from(got)).toEqual(Array.from(want));
+    }
   });
 });
