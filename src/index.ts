@@ -22,6 +22,7 @@ export { Sampler, StopStringMatcher, samplingOptionsSchema, type SamplingOptions
 // Training: the loop, methods, optimizers, runs with checkpoints/metrics/progress, evaluation.
 export * from './train/trainer.js';
 export * from './train/method.js';
+export { trainableParameters, formatTrainableParameters, type TrainableSummary } from './train/trainable.js';
 export * from './train/optim.js';
 export { METHOD_NAMES, methodModule, type MethodModule } from './train/registry.js';
 export * from './train/run.js';
@@ -35,8 +36,11 @@ export { seededDropout, noiseInput, isNoiseInput, NOISE_PREFIX } from './engine/
 export { scoreLabels, classificationAccuracy, type ScoreOptions, type ClassificationExample, type ClassificationResult } from './train/classify.js';
 
 // Adapters and masks (each method module's registry exports stay behind `methodModule`).
-export { LoraMethod, loraConfigSchema, createLoraPairs, loraHooks, exportLoraPairs, type LoraConfig, type LoraPair } from './adapters/lora.js';
+export { LoraMethod, loraConfigSchema, createLoraPairs, loraHooks, exportLoraPairs, setPairScales, targetRulesOf, type LoraConfig, type LoraPair } from './adapters/lora.js';
 export { selectSites } from './adapters/common.js';
+export { normalizePeftFields } from './adapters/peft-config.js';
+export { SavedModules } from './adapters/modules-to-save.js';
+export { isTargetModule, selectTargetNames, patternValue, layerIndexOf, ALL_LINEAR, type TargetRules } from './models/targets.js';
 export { GsLoraMethod, gsLoraConfigSchema, type GsLoraConfig } from './adapters/gs-lora.js';
 export { MosaMethod, mosaConfigSchema, type MosaConfig } from './adapters/mosa.js';
 export { S2ftMethod, s2ftConfigSchema, type S2ftConfig } from './adapters/s2ft.js';

@@ -4,16 +4,26 @@ import { SparsetuneError } from '../errors.js';
 import type { Graph, Value } from '../engine/ir.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { matchesTarget, type LinearSite } from '../models/hooks.js';
+import type { TargetRules } from '../models/targets.js';
+import { normalizePeftFields } from './peft-config.js';
 import type { TrainableParam } from '../train/method.js';
 import { xorshift32, type Rng } from '../util/random.js';
 
-/** Sites selected by PEFT-style target modules; an empty selection is an error listing valid names. */
-export function selectSites(model: CausalLM, targets: string[] | string, opts: { excludeLmHead?: boolean } = {}): LinearSite[] {
+/**
+ * Sites selected by target modules with PEFT's rules (models/targets.ts: names or dotted
+ * suffixes, one whole-name regex, "all-linear", plus excludeModules / layersToTransform /
+ * modulesToSave); an empty selection is an error listing valid names.
+ */
+export function selectSites(model: CausalLM, targets: string[] | string | TargetRules, opts: { excludeLmHead?: boolean } = {}): LinearSite[] {
   const all = model.sites().filter((s) => !(opts.excludeLmHead ?? true) || s.kind !== 'lm_head');
   const chosen = all.filter((s) => matchesTarget(s, targets));
   if (chosen.length === 0) {
     const kinds = [...new Set(all.map((s) => s.kind))].join(', ');
-    throw new SparsetuneError('BAD_CONFIG', `target modules ${JSON.stringify(targets)} match no layer of this ${model.config.modelType} model; valid module names: ${kinds} (or a full path / regex)`);
+    const shown = typeof targets === 'string' || Array.isArray(targets) ? targets : targets.targetModules;
+    throw new SparsetuneError(
+      'BAD_CONFIG',
+      `target modules ${JSON.stringify(shown)} match no layer of this ${model.config.modelType} model; valid module names: ${kinds} (or a full path, a regex matching a whole path such as ".*\\.(q|v)_proj", or "all-linear")`,
+    );
   }
   return chosen;
 }
@@ -52,9 +62,15 @@ export function paramValue(g: Graph, p: TrainableParam): Value {
   return g.inputs.find((v) => v.name === p.name) ?? g.input(p.name, 'f32', p.shape);
 }
 
-/** A method's config validated by its zod schema (defaults filled in); a bad one is a BAD_CONFIG error listing every problem. */
+/**
+ * A method's config validated by its zod schema (defaults filled in); a bad one is a
+ * BAD_CONFIG error listing every problem. PEFT's snake_case names (`target_modules`,
+ * `lora_alpha`, ...) are accepted for the matching fields (adapters/peft-config.ts).
+ */
 export function parseMethodConfig<S extends z.ZodType>(method: string, schema: S, config: unknown): z.output<S> {
-  const parsed = schema.safeParse(config);
+  const shape = (schema as unknown as { shape?: Record<string, unknown> }).shape;
+  const input = config && typeof config === 'object' && !Array.isArray(config) ? normalizePeftFields(method, shape, config as Record<string, unknown>) : config;
+  const parsed = schema.safeParse(input);
   if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', zodMessage(method, parsed.error.issues));
   return parsed.data;
 }

@@ -26,11 +26,13 @@ import { add, mul } from '../engine/ops/index.js';
 import type { Value } from '../engine/ir.js';
 import type { Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
-import type { ModelHooks } from '../models/hooks.js';
+import { composeHooks, type ModelHooks } from '../models/hooks.js';
+import { peftTargetingFields } from '../models/targets.js';
 import type { HostTensor } from '../tensor.js';
 import type { GradMap, Method, Objective, StepContext, TrainableParam } from '../train/method.js';
 import { parseMethodConfig, zodMessage } from './common.js';
-import { createLoraPairs, exportLoraPairs, loraHooks, type LoraPair } from './lora.js';
+import { createLoraPairs, exportLoraPairs, loraHooks, setPairScales, targetRulesOf, type LoraPair } from './lora.js';
+import { SavedModules } from './modules-to-save.js';
 import { buildGroups, groupNorm, groupNormSum, isZeroGroup, proxGroupLasso, survivingGroups, survivingPairs, type ParamGroup } from './gs-lora-groups.js';
 import { forgetFeeds, forgetTerms, type BatchSource } from './gs-lora-forget.js';
 
@@ -63,6 +65,9 @@ export const gsLoraConfigSchema = z.object({
   forgetBound: z.number().positive().optional(),
   forgetMargin: z.number().nonnegative().default(3),
   forgetBoundBatches: z.number().int().positive().default(4),
+  /** rsLoRA scaling loraAlpha / sqrt(r) (PEFT's use_rslora). */
+  useRslora: z.boolean().default(false),
+  ...peftTargetingFields,
   seed: z.number().int().default(0),
 });
 export type GsLoraConfig = z.infer<typeof gsLoraConfigSchema>;
@@ -76,6 +81,8 @@ export class GsLoraMethod implements Method {
   readonly pairs: LoraPair[];
   readonly groups: ParamGroup[];
   readonly scale: number;
+  /** PEFT's modules_to_save: whole modules trained beside the pairs (outside the lasso groups). */
+  readonly saved: SavedModules;
   private forgetSource: BatchSource | null;
   private bound: number | null;
   /** Whether the compiled objective has the forget pass (null: not compiled yet). */
@@ -89,8 +96,10 @@ export class GsLoraMethod implements Method {
     opts: { forget?: BatchSource } = {},
   ) {
     this.config = parseMethodConfig('gs-lora', gsLoraConfigSchema, config);
-    this.scale = this.config.loraAlpha / this.config.r;
-    this.pairs = createLoraPairs(model, 'gs_lora', this.config.targetModules, this.config.r, this.config.seed);
+    this.scale = this.config.useRslora ? this.config.loraAlpha / Math.sqrt(this.config.r) : this.config.loraAlpha / this.config.r;
+    this.pairs = createLoraPairs(model, 'gs_lora', targetRulesOf(this.config), this.config.r, this.config.seed, { rankPattern: this.config.rankPattern });
+    setPairScales(this.pairs, this.config.loraAlpha, { alphaPattern: this.config.alphaPattern, rslora: this.config.useRslora });
+    this.saved = new SavedModules(model, 'gs_lora', this.config.modulesToSave);
     this.groups = buildGroups(this.pairs, this.config.groupBy);
     this.forgetSource = opts.forget ?? null;
     this.bound = this.config.forgetBound ?? null;
@@ -123,11 +132,11 @@ export class GsLoraMethod implements Method {
   }
 
   params(): TrainableParam[] {
-    return this.pairs.flatMap((p) => [p.A, p.B]);
+    return [...this.pairs.flatMap((p) => [p.A, p.B]), ...this.saved.params];
   }
 
   hooks(mode: 'train' | 'eval'): ModelHooks {
-    return loraHooks(this.pairs, this.scale, mode === 'train' ? this.config.dropout : 0);
+    return composeHooks([this.saved.hooks(), loraHooks(this.pairs, this.scale, mode === 'train' ? this.config.dropout : 0)]);
   }
 
   /** L_retain (+ alpha·sum_g ||theta_g|| when the penalty is in the loss) (+ beta·ReLU(BND - CE_forget)). */
@@ -193,6 +202,7 @@ export class GsLoraMethod implements Method {
         out[p.name] = { dtype: 'f32', shape: p.shape, data: alive.has(grp) ? p.data : new Float32Array(p.data.length) };
       }
     }
+    for (const p of this.saved.params) out[p.name] = { dtype: 'f32', shape: p.shape, data: p.data };
     return out;
   }
 
@@ -223,6 +233,7 @@ export class GsLoraMethod implements Method {
     const alive = survivingGroups(this.groups, this.config.threshold);
     const pairs = survivingPairs(this.pairs, this.groups, alive);
     const a = exportLoraPairs(pairs, this.scale, { method: this.name, model, config: { ...this.config } });
+    this.saved.exportInto(a);
     a.meta.metrics = {
       survivingGroups: alive.size,
       totalGroups: this.groups.length,

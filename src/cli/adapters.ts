@@ -28,7 +28,7 @@ export type Log = (line: string) => void;
 /** `--model` of the commands that load a model (its default is `modelRef`'s fallback). */
 export const MODEL_FLAG: FlagSpec = { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' };
 /** `--adapter` of the inference commands (eval, logits, generate). */
-export const APPLY_ADAPTER_FLAG: FlagSpec = { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply (repeat to combine)' };
+export const APPLY_ADAPTER_FLAG: FlagSpec = { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply, sparsetune or PEFT LoRA (repeat to combine)' };
 /** `--force` of the inference commands: skip the base-fingerprint check. */
 export const FORCE_FLAG: FlagSpec = { type: 'boolean', description: 'apply adapters even if trained on other base weights' };
 
@@ -67,7 +67,7 @@ async function hooksFor(method: string): Promise<AdapterHooksFn | undefined> {
   }
 }
 
-/** Load adapter directories and apply them to `model` (fused in place, or as hooks). */
+/** Load adapter directories (sparsetune or PEFT) and apply them to `model` (fused in place, or as hooks). */
 export async function applyAdapters(model: CausalLM, dirs: readonly string[], opts: { force?: boolean; log: Log }): Promise<AppliedAdapters> {
   const baseFingerprint = fingerprintWeights(model.weights);
   const patcher = new WeightPatcher(model.weights, { fingerprint: baseFingerprint });
@@ -76,9 +76,11 @@ export async function applyAdapters(model: CausalLM, dirs: readonly string[], op
   const hookSets: ModelHooks[] = [];
   const feeds: Record<string, HostTensor> = {};
   const unfusedDirs: string[] = [];
-  for (const dir of dirs) {
-    const adapter = await loadAdapter(dir, { shapes });
-    adapters.push(adapter);
+  // Load every adapter before fusing any: PEFT directories that save whole modules are read
+  // as deltas against the pristine base weights.
+  for (const dir of dirs) adapters.push(await loadAdapter(dir, { shapes, base: model.weights }));
+  for (const [k, dir] of dirs.entries()) {
+    const adapter = adapters[k];
     if (opts.force && !checkFingerprint(adapter, baseFingerprint, { force: true })) {
       opts.log(`warning: ${dir} was trained on other base weights; applying it anyway (--force)`);
     }

@@ -1,11 +1,13 @@
 /**
  * Method selection and `--config` validation for `sparsetune train`, done before any model
  * is loaded so mistakes surface in milliseconds: unknown method (listing the valid ones),
- * unreadable JSON, unknown keys (typos), and values the method's zod schema rejects.
+ * unreadable JSON, unknown keys (typos), and values the method's zod schema rejects. PEFT's
+ * snake_case names are accepted (a PEFT LoraConfig / adapter_config.json works as is).
  */
 import { promises as fsp } from 'node:fs';
 import type { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
+import { normalizePeftFields } from '../adapters/peft-config.js';
 import { METHOD_NAMES, methodModule, type MethodModule } from '../train/registry.js';
 import { closest, UsageError } from './args.js';
 
@@ -59,8 +61,15 @@ export async function readConfigFile(file: string): Promise<Record<string, unkno
  * Validate a config against a method's schema and fill in defaults. Keys the schema does
  * not know are rejected (zod would silently drop them, hiding typos like "rank" for "r").
  */
-export function validateMethodConfig(method: string, schema: z.ZodTypeAny, raw: Record<string, unknown>, source: string): Record<string, unknown> {
+export function validateMethodConfig(method: string, schema: z.ZodTypeAny, given: Record<string, unknown>, source: string): Record<string, unknown> {
   const shape = (schema as unknown as { shape?: Record<string, unknown> }).shape;
+  let raw: Record<string, unknown>;
+  try {
+    raw = normalizePeftFields(method, shape, given);
+  } catch (err) {
+    if (err instanceof SparsetuneError) throw new SparsetuneError('BAD_CONFIG', `${source}: ${err.message}`);
+    throw err;
+  }
   const help = `see 'sparsetune train --method ${method} --help'`;
   if (shape) {
     const known = Object.keys(shape);

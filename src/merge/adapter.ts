@@ -2,7 +2,8 @@
  * Adapter directories: `adapter.json` (metadata, validated with zod) + `adapter.safetensors`
  * (payloads; names in codec.ts). Saving is atomic; loading checks everything (schema,
  * checksum, tensor names and dtypes, sorted in-range indices, finite values) and reports
- * any problem as BAD_ADAPTER naming the file and the fix.
+ * any problem as BAD_ADAPTER naming the file and the fix. Loading also reads Hugging Face
+ * PEFT LoRA directories (detected by adapter_config.json), so every `--adapter` takes both.
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -11,6 +12,7 @@ import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { HostTensor } from '../tensor.js';
 import { fileSha256, writeDirAtomic } from './atomic-dir.js';
 import { adapterJsonSchema, decodeAdapter, encodeAdapter, type AdapterJson } from './codec.js';
+import { importPeft, PEFT_CONFIG } from './peft.js';
 import { ADAPTER_FORMAT, type Adapter } from './types.js';
 import { validateAdapter } from './validate.js';
 
@@ -38,11 +40,37 @@ export async function saveAdapter(dir: string, a: Adapter, opts: { valueDtype?: 
   });
 }
 
+/** The two adapter directory layouts: sparsetune's (adapter.json) and Hugging Face PEFT's (adapter_config.json). */
+export type AdapterLayout = 'sparsetune' | 'peft';
+
 /**
- * Load and validate an adapter directory. With `shapes` (the base parameter shapes) every
- * target name and index range is checked too.
+ * Which layout `dir` holds and its manifest file (adapter.json, else adapter_config.json),
+ * or null when it is neither.
  */
-export async function loadAdapter(dir: string, opts: { shapes?: Map<string, number[]> } = {}): Promise<Adapter> {
+export async function adapterManifest(dir: string): Promise<{ layout: AdapterLayout; file: string } | null> {
+  for (const [layout, name] of [['sparsetune', ADAPTER_JSON], ['peft', PEFT_CONFIG]] as const) {
+    const file = path.join(dir, name);
+    const st = await fsp.stat(file).catch(() => null);
+    if (st?.isFile()) return { layout, file };
+  }
+  return null;
+}
+
+/** Options of loadAdapter. */
+export interface LoadAdapterOptions {
+  /** Base parameter shapes: every target name and index range is checked against them. */
+  shapes?: Map<string, number[]>;
+  /** Pristine base weights, for PEFT directories that save whole modules (modules_to_save). */
+  base?: Map<string, HostTensor<'f32'>>;
+}
+
+/**
+ * Load and validate an adapter directory: sparsetune's (adapter.json + adapter.safetensors)
+ * or a Hugging Face PEFT LoRA directory (adapter_config.json + adapter_model.safetensors,
+ * read by importPeft). With `shapes` (the base parameter shapes) every target name and
+ * index range is checked too.
+ */
+export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): Promise<Adapter> {
   const jsonPath = path.join(dir, ADAPTER_JSON);
   const stPath = path.join(dir, ADAPTER_SAFETENSORS);
   const fix = 're-export the adapter, or restore the directory from a good copy';
@@ -55,7 +83,8 @@ export async function loadAdapter(dir: string, opts: { shapes?: Map<string, numb
     text = await fsp.readFile(jsonPath, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new SparsetuneError('NOT_FOUND', `${dir} is not an adapter directory: ${ADAPTER_JSON} is missing (for a PEFT LoRA directory use importPeft)`);
+      if ((await adapterManifest(dir))?.layout === 'peft') return importPeft(dir, opts);
+      throw new SparsetuneError('NOT_FOUND', `${dir} is not an adapter directory: it has neither ${ADAPTER_JSON} (sparsetune) nor ${PEFT_CONFIG} (Hugging Face PEFT)`);
     }
     throw err;
   }

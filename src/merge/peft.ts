@@ -1,44 +1,60 @@
 /**
  * Hugging Face PEFT LoRA directories: `adapter_config.json` + `adapter_model.safetensors`
- * with `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r]
- * (and `.lora_B.bias` with lora_bias). Scale per module = alpha / r, or alpha / sqrt(r)
- * with use_rslora; alpha_pattern/rank_pattern override per module. Our base weights are
- * [out, in] everywhere (GPT-2's Conv1D weights included), so fan_in_fan_out needs no
- * transpose here; it is kept in the config for the round trip. DoRA, embedding LoRA and
- * modules_to_save are not low-rank deltas and are refused.
+ * (the layout of PEFT's `save_pretrained`), read and written exactly:
+ * - `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r] (and
+ *   `.lora_B.bias` with lora_bias): W += scale · B·A, scale = alpha / r (rsLoRA: alpha /
+ *   sqrt(r)), with rank_pattern / alpha_pattern per module (models/targets.ts).
+ *   `fan_in_fan_out` (GPT-2's Conv1D, weights stored [in, out]): PEFT adds (B·A)ᵀ; the pair
+ *   is stored here transposed-equivalently (A' = Bᵀ, B' = Aᵀ) and written back the same way.
+ * - `base_model.model.<param>` (modules_to_save, and biases with `bias: "all"`): the whole
+ *   trained tensor. It becomes an additive delta float32(saved − base) against the base
+ *   weights, so importing one needs them (`base`); fusing then gives the saved values to
+ *   within one float32 rounding.
+ * DoRA and embedding LoRA are not low-rank deltas of a Linear and are refused.
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { patternValue } from '../models/targets.js';
 import type { HostTensor } from '../tensor.js';
+import { WeightPatcher } from './apply.js';
 import { writeDirAtomic } from './atomic-dir.js';
 import { PEFT_PREFIX } from './codec.js';
-import { ADAPTER_FORMAT, moduleOfWeight, type Adapter, type LowRankPair } from './types.js';
+import { biasParamOf, moduleOfWeight, newAdapter, type Adapter, type LowRankPair } from './types.js';
 import { validateAdapter } from './validate.js';
 
 export const PEFT_CONFIG = 'adapter_config.json';
 export const PEFT_WEIGHTS = 'adapter_model.safetensors';
 
+const stringOrList = z.union([z.array(z.string()), z.string(), z.null()]);
 const peftConfigSchema = z.looseObject({
   peft_type: z.string(),
   r: z.number().int().positive(),
   lora_alpha: z.number(),
-  target_modules: z.union([z.array(z.string()), z.string(), z.null()]).optional(),
+  target_modules: stringOrList.optional(),
   base_model_name_or_path: z.string().nullable().optional(),
   task_type: z.string().nullable().optional(),
   use_rslora: z.boolean().optional(),
   use_dora: z.boolean().optional(),
   fan_in_fan_out: z.boolean().optional(),
   lora_bias: z.boolean().optional(),
-  alpha_pattern: z.record(z.string(), z.number()).optional(),
-  rank_pattern: z.record(z.string(), z.number().int().positive()).optional(),
+  alpha_pattern: z.record(z.string(), z.number()).nullable().optional(),
+  rank_pattern: z.record(z.string(), z.number().int().positive()).nullable().optional(),
   modules_to_save: z.array(z.string()).nullable().optional(),
 });
 
-/** Read a PEFT LoRA directory as a `lowrank` adapter (base fingerprint unknown: ''). */
-export async function importPeft(dir: string): Promise<Adapter> {
+/** Where importPeft gets what a PEFT directory does not carry. */
+export interface ImportPeftOptions {
+  /** Base parameter shapes: every target and range is checked against them. */
+  shapes?: Map<string, number[]>;
+  /** Pristine base weights: needed for whole saved tensors (modules_to_save), turned into deltas. */
+  base?: Map<string, HostTensor<'f32'>>;
+}
+
+/** Read a PEFT LoRA directory as an adapter (`lowrank`, plus additive deltas for saved modules; base fingerprint unknown: ''). */
+export async function importPeft(dir: string, opts: ImportPeftOptions = {}): Promise<Adapter> {
   const cfgPath = path.join(dir, PEFT_CONFIG);
   const stPath = path.join(dir, PEFT_WEIGHTS);
   const fail: (file: string, what: string, cause?: unknown) => never = (file, what, cause) => {
@@ -58,7 +74,6 @@ export async function importPeft(dir: string): Promise<Adapter> {
   const cfg = parsed.data!;
   if (cfg.peft_type !== 'LORA') fail(cfgPath, `peft_type "${cfg.peft_type}" is not supported; only LoRA adapters can be imported`);
   if (cfg.use_dora) fail(cfgPath, 'DoRA adapters (use_dora: true) are not plain low-rank deltas; merge them with PEFT first');
-  if (cfg.modules_to_save && cfg.modules_to_save.length > 0) fail(cfgPath, 'modules_to_save (fully trained modules) is not supported; merge them with PEFT first');
 
   let tensors: Map<string, HostTensor>;
   try {
@@ -68,68 +83,112 @@ export async function importPeft(dir: string): Promise<Adapter> {
     fail(stPath, `cannot read the LoRA weights: ${(err as Error).message}${hint}`, err);
   }
 
-  const adapter: Adapter = {
-    meta: {
-      format: ADAPTER_FORMAT,
-      method: 'peft-lora',
-      kind: 'lowrank',
-      base: { model: cfg.base_model_name_or_path ?? '', fingerprint: '' },
-      config: raw as Record<string, unknown>,
-      created: new Date().toISOString(),
-      metrics: {},
-    },
-    additive: new Map(),
-    structured: new Map(),
-    masks: new Map(),
-    lowrank: new Map(),
-  };
+  const adapter = newAdapter({ method: 'peft-lora', kind: 'lowrank', base: { model: cfg.base_model_name_or_path ?? '', fingerprint: '' }, config: raw as Record<string, unknown> });
   const seen = new Set<string>();
-  for (const name of tensors!.keys()) {
+  for (const [name, A] of tensors!) {
     const m = /^base_model\.model\.(.+)\.lora_A\.weight$/.exec(name);
     if (!m) continue;
     const module = m[1];
-    const A = tensors!.get(name)!;
-    const B = tensors!.get(`${PEFT_PREFIX}${module}.lora_B.weight`);
+    const bName = `${PEFT_PREFIX}${module}.lora_B.weight`;
+    const B = tensors!.get(bName);
     if (!B) fail(stPath, `"${name}" has no matching lora_B.weight`);
     if (A.dtype !== 'f32' || B.dtype !== 'f32' || A.shape.length !== 2 || B.shape.length !== 2) fail(stPath, `LoRA factors of "${module}" must be 2-D float tensors`);
     const rank = A.shape[0];
+    const cfgRank = patternValue(cfg.rank_pattern, module) ?? cfg.r;
+    if (cfgRank !== rank) fail(stPath, `lora_A of "${module}" has rank ${rank} but ${PEFT_CONFIG} gives it r = ${cfgRank} (rank_pattern / r); the files do not belong together`);
     const alpha = patternValue(cfg.alpha_pattern, module) ?? cfg.lora_alpha;
-    const pair: LowRankPair = { A: A as HostTensor<'f32'>, B: B as HostTensor<'f32'>, scale: cfg.use_rslora ? alpha / Math.sqrt(rank) : alpha / rank };
+    const scale = cfg.use_rslora ? alpha / Math.sqrt(rank) : alpha / rank;
+    const pair: LowRankPair = cfg.fan_in_fan_out
+      ? { A: transpose2d(B as HostTensor<'f32'>), B: transpose2d(A as HostTensor<'f32'>), scale }
+      : { A: A as HostTensor<'f32'>, B: B as HostTensor<'f32'>, scale };
     const bias = tensors!.get(`${PEFT_PREFIX}${module}.lora_B.bias`);
     if (bias) {
       if (bias.dtype !== 'f32') fail(stPath, `"${module}.lora_B.bias" must be a float tensor`);
+      if (cfg.fan_in_fan_out) fail(stPath, `"${module}.lora_B.bias" with fan_in_fan_out is not supported`);
       pair.biasDelta = bias.data as Float32Array;
       seen.add(`${PEFT_PREFIX}${module}.lora_B.bias`);
     }
     adapter.lowrank.set(`${module}.weight`, pair);
-    seen.add(name).add(`${PEFT_PREFIX}${module}.lora_B.weight`);
+    seen.add(name).add(bName);
   }
-  for (const name of tensors!.keys()) {
-    if (!seen.has(name)) fail(stPath, `unsupported tensor "${name}" (only lora_A/lora_B of Linear layers are supported: no embedding LoRA, DoRA or saved modules)`);
+  for (const [name, t] of tensors!) {
+    if (seen.has(name)) continue;
+    if (/\.lora_(embedding_)?[AB]\b|\.lora_magnitude_vector\b/.test(name) || !name.startsWith(PEFT_PREFIX)) {
+      fail(stPath, `unsupported tensor "${name}" (only lora_A/lora_B of Linear layers and saved modules are supported: no embedding LoRA or DoRA)`);
+    }
+    addSavedTensor(adapter, name.slice(PEFT_PREFIX.length), t, opts.base, (what) => fail(stPath, what));
   }
-  if (adapter.lowrank.size === 0) fail(stPath, 'no LoRA tensors found');
-  validateAdapter(adapter, { source: stPath, fix: 're-save the adapter with PEFT' });
+  if (adapter.lowrank.size === 0 && adapter.additive.size === 0) fail(stPath, 'no LoRA tensors found');
+  if (adapter.additive.size > 0 && adapter.lowrank.size > 0) adapter.meta.kind = 'additive';
+  validateAdapter(adapter, { shapes: opts.shapes, source: stPath, fix: 're-save the adapter with PEFT, or check that it belongs to this base model' });
   return adapter;
 }
 
-/**
- * Write the low-rank pairs of `adapter` as a PEFT LoRA directory (atomic). Every other
- * payload kind is refused: PEFT cannot express it. `dtype` stores the factors as F16/BF16.
- */
-export async function exportPeft(adapter: Adapter, dir: string, opts: { dtype?: 'F32' | 'F16' | 'BF16' } = {}): Promise<void> {
-  const others = adapter.additive.size + adapter.structured.size + adapter.masks.size;
-  if (others > 0 || adapter.pruned) {
-    throw new SparsetuneError('BAD_ARGUMENT', `exportPeft: adapter "${adapter.meta.method}" has additive, structured, mask or pruned payloads, which a PEFT LoRA file cannot hold; save it with saveAdapter instead`);
+/** A whole saved parameter (modules_to_save, saved bias) as float32(saved − base) at the elements that differ. */
+function addSavedTensor(adapter: Adapter, param: string, t: HostTensor, base: ImportPeftOptions['base'], fail: (what: string) => never): void {
+  if (!base) {
+    throw new SparsetuneError(
+      'BAD_ARGUMENT',
+      `this PEFT adapter saves whole modules (tensor "${param}", from modules_to_save or bias: "all"); they replace base weights, so reading it needs the pristine base weights (importPeft / loadAdapter with { base }); the CLI commands pass them, and \`sparsetune compose --model M --adapter DIR --out OUT\` converts it into an adapter that needs no base`,
+    );
   }
-  if (adapter.lowrank.size === 0) throw new SparsetuneError('BAD_ARGUMENT', `exportPeft: adapter "${adapter.meta.method}" has no low-rank pairs to export`);
-  validateAdapter(adapter, { source: `exportPeft(${dir})`, fix: 'fix the adapter before exporting it' });
+  const w = base.get(param);
+  if (!w) {
+    const tied = param === 'lm_head.weight' ? ' (this model ties lm_head to its input embedding, so it has no separate lm_head weight)' : '';
+    fail(`saved tensor "${param}" is not a parameter of the base model${tied}`);
+  }
+  if (t.dtype !== 'f32' || t.data.length !== w.data.length || t.shape.join(',') !== w.shape.join(',')) fail(`saved tensor "${param}" has shape [${t.shape}] (${t.dtype}); the base parameter is [${w.shape}] f32`);
+  const saved = t.data as Float32Array;
+  const idx: number[] = [];
+  for (let i = 0; i < saved.length; i++) if (saved[i] !== w.data[i]) idx.push(i);
+  if (idx.length) adapter.additive.set(param, { indices: Int32Array.from(idx), values: Float32Array.from(idx, (i) => saved[i] - w.data[i]) });
+}
 
-  const rslora = adapter.meta.config.use_rslora === true;
+function transpose2d(t: HostTensor<'f32'>): HostTensor<'f32'> {
+  const [rows, cols] = t.shape;
+  const out = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = t.data[i * cols + j];
+  return { dtype: 'f32', shape: [cols, rows], data: out };
+}
+
+/** Options of exportPeft. */
+export interface ExportPeftOptions {
+  /** Store the factors (and saved tensors) as F16/BF16. */
+  dtype?: 'F32' | 'F16' | 'BF16';
+  /**
+   * The base weights the adapter applies to: with them, additive and structured payloads
+   * are written as PEFT `modules_to_save` (each touched module's whole tensors, as fused).
+   */
+  base?: Map<string, HostTensor<'f32'>>;
+  /** Write pairs in PEFT's Conv1D orientation (GPT-2). Default: the adapter config's `fan_in_fan_out`. */
+  fanInFanOut?: boolean;
+  /** Dropout recorded as lora_dropout (default: the adapter config's `dropout` / `lora_dropout`, else 0). */
+  loraDropout?: number;
+}
+
+/**
+ * Write `adapter` as a PEFT LoRA directory (atomic), as PEFT's save_pretrained lays it out.
+ * Low-rank pairs become LoRA; with `opts.base`, additive/structured payloads become
+ * modules_to_save. Masks and pruned payloads are refused: PEFT cannot express them.
+ */
+export async function exportPeft(adapter: Adapter, dir: string, opts: ExportPeftOptions = {}): Promise<void> {
+  const dense = adapter.additive.size + adapter.structured.size;
+  if (adapter.masks.size > 0 || adapter.pruned || (dense > 0 && !opts.base)) {
+    const why = adapter.masks.size > 0 || adapter.pruned ? 'mask or pruned payloads, which a PEFT LoRA file cannot hold' : 'additive or structured payloads, which PEFT can only hold as modules_to_save (pass the base weights: exportPeft(adapter, dir, { base }))';
+    throw new SparsetuneError('BAD_ARGUMENT', `exportPeft: adapter "${adapter.meta.method}" has ${why}; or save it with saveAdapter instead`);
+  }
+  if (adapter.lowrank.size === 0) throw new SparsetuneError('BAD_ARGUMENT', `exportPeft: adapter "${adapter.meta.method}" has no low-rank pairs to export (a PEFT LoRA adapter needs target modules)`);
+  validateAdapter(adapter, { source: `exportPeft(${dir})`, fix: 'fix the adapter before exporting it', shapes: opts.base ? new Map([...opts.base].map(([k, v]) => [k, v.shape])) : undefined });
+
+  const config = adapter.meta.config;
+  const rslora = config.use_rslora === true || config.useRslora === true;
+  const fanInFanOut = opts.fanInFanOut ?? config.fan_in_fan_out === true;
   const modules: { module: string; rank: number; alpha: number; pair: LowRankPair }[] = [];
   for (const [name, pair] of adapter.lowrank) {
     const rank = pair.A.shape[0];
     modules.push({ module: moduleOfWeight(name)!, rank, alpha: alphaFor(pair.scale, rank, rslora), pair });
   }
+  modules.sort((a, b) => (a.module < b.module ? -1 : a.module > b.module ? 1 : 0));
   const r = mostCommon(modules.map((m) => m.rank));
   const loraAlpha = mostCommon(modules.map((m) => m.alpha));
   const rankPattern: Record<string, number> = {};
@@ -143,49 +202,78 @@ export async function exportPeft(adapter: Adapter, dir: string, opts: { dtype?: 
   for (const m of modules) {
     if (m.rank !== r) rankPattern[m.module] = m.rank;
     if (m.alpha !== loraAlpha) alphaPattern[m.module] = m.alpha;
-    put(`${PEFT_PREFIX}${m.module}.lora_A.weight`, m.pair.A);
-    put(`${PEFT_PREFIX}${m.module}.lora_B.weight`, m.pair.B);
+    if (fanInFanOut && m.pair.biasDelta) throw new SparsetuneError('BAD_ARGUMENT', `exportPeft: "${m.module}" has a bias delta, which PEFT cannot hold with fan_in_fan_out`);
+    put(`${PEFT_PREFIX}${m.module}.lora_A.weight`, fanInFanOut ? transpose2d(m.pair.B) : m.pair.A);
+    put(`${PEFT_PREFIX}${m.module}.lora_B.weight`, fanInFanOut ? transpose2d(m.pair.A) : m.pair.B);
     if (m.pair.biasDelta) put(`${PEFT_PREFIX}${m.module}.lora_B.bias`, { dtype: 'f32', shape: [m.pair.biasDelta.length], data: m.pair.biasDelta });
   }
-  const config = {
-    peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
-    base_model_name_or_path: adapter.meta.base.model || null,
-    r,
-    lora_alpha: loraAlpha,
-    target_modules: modules.map((m) => m.module).sort(),
-    rank_pattern: rankPattern,
+  const saved = dense > 0 ? savedModules(adapter, opts.base!) : new Map<string, Map<string, HostTensor<'f32'>>>();
+  for (const params of saved.values()) for (const [p, t] of params) put(`${PEFT_PREFIX}${p}`, t);
+  const dropout = opts.loraDropout ?? (typeof config.dropout === 'number' ? config.dropout : typeof config.lora_dropout === 'number' ? config.lora_dropout : 0);
+  const peftConfig: Record<string, unknown> = {
     alpha_pattern: alphaPattern,
-    use_rslora: rslora,
-    lora_dropout: 0,
+    base_model_name_or_path: adapter.meta.base.model || null,
     bias: 'none',
-    lora_bias: modules.some((m) => m.pair.biasDelta !== undefined),
-    fan_in_fan_out: adapter.meta.config.fan_in_fan_out === true,
-    use_dora: false,
-    init_lora_weights: true,
+    fan_in_fan_out: fanInFanOut,
     inference_mode: true,
-    modules_to_save: null,
-    layers_to_transform: null,
+    init_lora_weights: true,
     layers_pattern: null,
+    layers_to_transform: null,
+    lora_alpha: loraAlpha,
+    lora_bias: modules.some((m) => m.pair.biasDelta !== undefined),
+    lora_dropout: dropout,
+    modules_to_save: saved.size ? [...saved.keys()] : null,
+    peft_type: 'LORA',
+    r,
+    rank_pattern: rankPattern,
     revision: null,
+    target_modules: modules.map((m) => m.module),
+    task_type: 'CAUSAL_LM',
+    use_dora: false,
+    use_rslora: rslora,
   };
   await writeDirAtomic(dir, [PEFT_WEIGHTS, PEFT_CONFIG], async (tmp) => {
-    await writeSafetensors(path.join(tmp, PEFT_WEIGHTS), tensors, { metadata: { format: 'pt' }, dtypes });
-    await fsp.writeFile(path.join(tmp, PEFT_CONFIG), `${JSON.stringify(config, null, 2)}\n`);
+    await writeSafetensors(path.join(tmp, PEFT_WEIGHTS), sortedByName(tensors), { metadata: { format: 'pt' }, dtypes });
+    // PEFT writes json.dumps(indent=2, sort_keys=True); the keys above are in that order.
+    await fsp.writeFile(path.join(tmp, PEFT_CONFIG), JSON.stringify(peftConfig, null, 2));
   });
 }
 
-/** PEFT's per-module pattern lookup: a key matches the module name or a dotted suffix of it (regex). */
-function patternValue(pattern: Record<string, number> | undefined, module: string): number | undefined {
-  for (const [key, value] of Object.entries(pattern ?? {})) {
-    if (key === module) return value;
-    try {
-      if (new RegExp(`^(.*\\.)?(${key})$`).test(module)) return value;
-    } catch {
-      // Not a valid regex: only the exact match above applies.
-    }
+/**
+ * The modules touched by additive/structured payloads, each with all its direct parameters
+ * as fused (base + delta, exactly what WeightPatcher gives), keyed by module name.
+ */
+function savedModules(adapter: Adapter, base: Map<string, HostTensor<'f32'>>): Map<string, Map<string, HostTensor<'f32'>>> {
+  const touched = [...new Set([...adapter.additive.keys(), ...adapter.structured.keys()])];
+  const lowrankParams = new Set<string>();
+  for (const [w, p] of adapter.lowrank) {
+    lowrankParams.add(w);
+    if (p.biasDelta) lowrankParams.add(biasParamOf(w));
   }
-  return undefined;
+  const byModule = new Map<string, Map<string, HostTensor<'f32'>>>();
+  for (const param of touched) {
+    const module = param.slice(0, param.lastIndexOf('.'));
+    if (byModule.has(module)) continue;
+    const params = new Map<string, HostTensor<'f32'>>();
+    for (const [name, t] of base) {
+      if (name.startsWith(`${module}.`) && !name.slice(module.length + 1).includes('.')) params.set(name, { dtype: 'f32', shape: [...t.shape], data: t.data.slice() });
+    }
+    for (const p of params.keys()) {
+      if (lowrankParams.has(p)) throw new SparsetuneError('BAD_ARGUMENT', `exportPeft: module "${module}" has both a low-rank pair and a dense delta; PEFT never adapts a saved module, so this adapter cannot be written as PEFT`);
+    }
+    byModule.set(module, params);
+  }
+  const dense = newAdapter({ method: adapter.meta.method, kind: 'additive', base: { model: '', fingerprint: '' } });
+  for (const [k, v] of adapter.additive) dense.additive.set(k, v);
+  for (const [k, v] of adapter.structured) dense.structured.set(k, v);
+  const work = new Map<string, HostTensor<'f32'>>();
+  for (const params of byModule.values()) for (const [k, t] of params) work.set(k, t);
+  new WeightPatcher(work, { fingerprint: '' }).apply(dense, { force: true });
+  return byModule;
+}
+
+function sortedByName(tensors: Map<string, HostTensor>): Map<string, HostTensor> {
+  return new Map([...tensors].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
 /**

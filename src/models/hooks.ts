@@ -4,6 +4,7 @@
  * as it enters the graph, or touch the residual stream.
  */
 import type { Graph, Value } from '../engine/ir.js';
+import { isAllLinear, isTargetModule, type TargetRules } from './targets.js';
 
 /** One Linear layer of the model, named like PEFT's target modules. */
 export interface LinearSite {
@@ -54,8 +55,18 @@ export function composeHooks(list: ModelHooks[]): ModelHooks {
   };
 }
 
-/** Whether a site matches PEFT-style target modules: short names (`q_proj`), full paths, or a regex string. */
-export function matchesTarget(site: LinearSite, targets: string[] | string): boolean {
-  if (typeof targets === 'string') return new RegExp(targets).test(site.name);
-  return targets.some((t) => t === site.kind || t === site.name || site.name.endsWith(`.${t}`));
+/**
+ * Whether a site matches target modules by PEFT's rules (models/targets.ts): list entries
+ * match the full module path or a dotted suffix of it (`q_proj`, `self_attn.q_proj`), one
+ * string is a regex over the whole path, `"all-linear"` is every site but the output head.
+ */
+export function matchesTarget(site: LinearSite, targets: string[] | string | TargetRules): boolean {
+  const rules: TargetRules = typeof targets === 'string' || Array.isArray(targets) ? { targetModules: targets } : targets;
+  if (isAllLinear(rules.targetModules)) {
+    if (site.kind === 'lm_head') return false;
+    // PEFT turns "all-linear" into the list of full names, which match exactly: layersToTransform does not apply.
+    return isTargetModule(site.name, { ...rules, targetModules: [site.name] });
+  }
+  return isTargetModule(site.name, rules);
 }
+

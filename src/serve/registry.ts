@@ -1,5 +1,6 @@
 /**
- * The adapter registry: which adapters the server knows (id = directory name), which of
+ * The adapter registry: which adapters the server knows (id = directory name; sparsetune or
+ * Hugging Face PEFT LoRA directories), which of
  * them are resident in memory, and who is using them. Adapters are validated against the
  * base (parameter names, shapes, fingerprint) when loaded. Resident payloads are kept under
  * a memory budget by evicting the least recently used adapters that no request holds; an
@@ -9,7 +10,8 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { SparsetuneError } from '../errors.js';
-import { ADAPTER_JSON, loadAdapter } from '../merge/adapter.js';
+import { adapterManifest, loadAdapter } from '../merge/adapter.js';
+import { PEFT_WEIGHTS } from '../merge/peft.js';
 import { checkFingerprint } from '../merge/fingerprint.js';
 import type { Adapter, AdapterMeta } from '../merge/types.js';
 import type { SwapMember } from './swapper.js';
@@ -103,8 +105,8 @@ export class AdapterRegistry {
     const skipped: { id: string; error: string }[] = [];
     const names = (await fsp.readdir(root, { withFileTypes: true })).filter((d) => d.isDirectory() || d.isSymbolicLink()).map((d) => d.name).sort();
     for (const name of names) {
-      const hasJson = await fsp.stat(path.join(root, name, ADAPTER_JSON)).then(() => true, () => false);
-      if (!hasJson) continue;
+      // sparsetune (adapter.json) and Hugging Face PEFT (adapter_config.json) directories.
+      if (!(await adapterManifest(path.join(root, name)))) continue;
       try {
         await registry.load(name);
       } catch (err) {
@@ -238,7 +240,12 @@ export class AdapterRegistry {
       throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" (${adapter.meta.method}) runs unfused (its tensors are a separate branch, not a weight delta) and this server only hot-swaps fusable adapters; use it with \`sparsetune generate --adapter\` or the library API`);
     }
     checkFingerprint(adapter, this.opts.fingerprint);
-    const jsonHash = createHash('sha256').update(await fsp.readFile(path.join(dir, ADAPTER_JSON))).digest('hex');
+    const manifest = await adapterManifest(dir);
+    if (!manifest) throw new SparsetuneError('NOT_FOUND', `adapter "${id}" vanished from ${dir}`);
+    const h = createHash('sha256').update(await fsp.readFile(manifest.file));
+    // adapter.json holds the checksum of its tensors; PEFT's config does not, so hash the tensors too.
+    if (manifest.layout === 'peft') h.update(await fsp.readFile(path.join(dir, PEFT_WEIGHTS)));
+    const jsonHash = h.digest('hex');
     return { adapter, jsonHash };
   }
 

@@ -222,7 +222,7 @@ describe('adapter directories', () => {
   });
 
   it('validates adapter.json and reports missing directories', async () => {
-    await expectRejected(loadAdapter(path.join(root, 'nope')), /adapter\.json is missing/, 'NOT_FOUND');
+    await expectRejected(loadAdapter(path.join(root, 'nope')), /neither adapter\.json \(sparsetune\) nor adapter_config\.json/, 'NOT_FOUND');
     let dir = fresh();
     await writeRaw(dir, { [`${Q}.indices`]: i32([1]), [`${Q}.values`]: vals([1]) }, { format: 'sparsetune.adapter/9' });
     await expectRejected(loadAdapter(dir), /adapter\.json: invalid adapter\.json \(format/);

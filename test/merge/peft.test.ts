@@ -154,8 +154,12 @@ describe('PEFT LoRA interop', () => {
     await writePeftDir(dir, { r: 2, lora_alpha: 4, use_dora: true }, pairTensors);
     await expectRejected(importPeft(dir), /DoRA/);
     dir = fresh();
-    await writePeftDir(dir, { r: 2, lora_alpha: 4, modules_to_save: ['lm_head'] }, pairTensors);
-    await expectRejected(importPeft(dir), /modules_to_save/);
+    await writePeftDir(dir, { r: 2, lora_alpha: 4, modules_to_save: ['lm_head'] }, { ...pairTensors, 'base_model.model.lm_head.weight': t32([3, 4], r) });
+    await expectRejected(importPeft(dir), /saves whole modules/, 'BAD_ARGUMENT');
+    await expectRejected(importPeft(dir, { base: new Map() }), /"lm_head.weight" is not a parameter of the base model/);
+    dir = fresh();
+    await writePeftDir(dir, { r: 3, lora_alpha: 4 }, pairTensors);
+    await expectRejected(importPeft(dir), /rank 2 but adapter_config\.json gives it r = 3/);
     dir = fresh();
     await writePeftDir(dir, { r: 2, lora_alpha: 4, peft_type: 'IA3' }, pairTensors);
     await expectRejected(importPeft(dir), /peft_type "IA3"/);
@@ -173,7 +177,11 @@ describe('PEFT LoRA interop', () => {
     const mixed: Adapter = newAdapter({ method: 'x', kind: 'additive', base: { model: '', fingerprint: '' } });
     mixed.lowrank.set(Q, lora(r, 5, 7, 2, 1));
     mixed.additive.set(O, { indices: Int32Array.from([1]), values: Float32Array.from([1]) });
-    await expectRejected(exportPeft(mixed, fresh()), /cannot hold/, 'BAD_ARGUMENT');
+    await expectRejected(exportPeft(mixed, fresh()), /only hold as modules_to_save \(pass the base weights/, 'BAD_ARGUMENT');
+    const masked = newAdapter({ method: 'm', kind: 'mask', base: { model: '', fingerprint: '' } });
+    masked.lowrank.set(Q, lora(r, 5, 7, 2, 1));
+    masked.masks.set(O, { bits: new Uint8Array(3), numel: 24 });
+    await expectRejected(exportPeft(masked, fresh()), /cannot hold/, 'BAD_ARGUMENT');
     await expectRejected(exportPeft(newAdapter({ method: 'e', kind: 'lowrank', base: { model: '', fingerprint: '' } }), fresh()), /no low-rank/, 'BAD_ARGUMENT');
   });
 });

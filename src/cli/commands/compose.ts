@@ -5,15 +5,16 @@ import { loadModel } from '../../io/model-dir.js';
 import { planWeights } from '../../models/param-shapes.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
 import { log } from '../output.js';
+import type { HostTensor } from '../../tensor.js';
 
 export const spec: CommandSpec = {
   name: 'compose',
   summary: 'Compose several adapters into one (exactly equal to applying them together).',
   usage: 'compose --adapter DIR --adapter DIR [...] --out DIR [--model M]',
   flags: {
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory (repeat for each input)', required: true },
+    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory, sparsetune or PEFT LoRA (repeat for each input)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output adapter directory', required: true },
-    model: { type: 'string', value: 'M', description: 'base model, to check parameter names and shapes (optional)' },
+    model: { type: 'string', value: 'M', description: 'base model, to check parameter names and shapes (needed for PEFT modules_to_save)' },
     method: { type: 'string', value: 'NAME', description: 'method name recorded in the composed adapter.json', default: 'compose' },
   },
 };
@@ -26,14 +27,15 @@ export async function run(argv: string[]): Promise<void> {
   if (dirs.length === 0) throw new UsageError('compose', 'missing --adapter DIR (give two or more adapters to compose)');
   const out = f.required('out');
   let shapes: Map<string, number[]> | undefined;
+  let base: Map<string, HostTensor<'f32'>> | undefined;
   const modelFlag = f.str('model');
   if (modelFlag) {
     log(`loading model ${modelFlag}`);
-    const m = await loadModel(modelFlag, { planWeights });
-    shapes = new Map([...m.weights].map(([k, v]) => [k, v.shape]));
+    base = (await loadModel(modelFlag, { planWeights })).weights;
+    shapes = new Map([...base].map(([k, v]) => [k, v.shape]));
   }
   const adapters = [];
-  for (const dir of dirs) adapters.push(await loadAdapter(dir, { shapes }));
+  for (const dir of dirs) adapters.push(await loadAdapter(dir, { shapes, base }));
   const composed = composeAdapters(adapters, { shapes, method: f.str('method') ?? 'compose' });
   await saveAdapter(out, composed);
   process.stdout.write(`composed ${dirs.length} adapter(s) into ${out} (${composed.meta.kind})\n`);

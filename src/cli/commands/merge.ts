@@ -22,7 +22,7 @@ export const spec: CommandSpec = {
   usage: 'merge --adapter DIR [--adapter DIR ...] --out DIR [--model M]',
   flags: {
     model: { type: 'string', value: 'M', description: 'base model directory or hub id', default: 'bundled stories260K' },
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to fuse (repeat to fuse several)', required: true },
+    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to fuse, sparsetune or PEFT LoRA (repeat to fuse several)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output model directory (config.json, model.safetensors, tokenizer files)', required: true },
     dtype: { type: 'string', value: 'TYPE', description: 'stored weight type: f32, f16, bf16', default: 'f32' },
     overwrite: { type: 'boolean', description: 'replace a non-empty --out' },
@@ -52,7 +52,7 @@ export async function run(argv: string[]): Promise<void> {
   const pruned: { dir: string; adapter: Adapter }[] = [];
   const fusable: string[] = [];
   for (const dir of dirs) {
-    const a = await loadAdapter(dir, { shapes });
+    const a = await loadAdapter(dir, { shapes, base: model.weights });
     if (a.pruned) pruned.push({ dir, adapter: a });
     else fusable.push(dir);
   }

@@ -10,6 +10,8 @@ import { SparsetuneError } from '../../errors.js';
 import { loadDataset, type TokenizedExample } from '../../io/datasets.js';
 import { saveAdapter, ADAPTER_JSON, ADAPTER_SAFETENSORS } from '../../merge/adapter.js';
 import { fingerprintWeights } from '../../merge/fingerprint.js';
+import { exportPeft, PEFT_CONFIG, PEFT_WEIGHTS } from '../../merge/peft.js';
+import { formatTrainableParameters, trainableParameters } from '../../train/trainable.js';
 import type { CausalLM } from '../../models/causal-lm.js';
 import { CHECKPOINTS_DIR, METRICS_FILE, runTraining, type RunTrainingResult } from '../../train/run.js';
 import type { TrainerConfigInput } from '../../train/trainer.js';
@@ -32,6 +34,7 @@ export const spec: CommandSpec = {
     method: { type: 'string', value: 'NAME', description: `fine-tuning method: ${ALL_METHODS.join(', ')}`, required: true },
     data: { type: 'string', value: 'FILE', description: 'training data (.jsonl with text | prompt+completion | messages, or .txt)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output directory: adapter.json + adapter.safetensors, metrics.jsonl, checkpoints/', required: true },
+    format: { type: 'string', value: 'FMT', description: 'adapter files: sparsetune (adapter.json) or peft (adapter_config.json + adapter_model.safetensors, for Hugging Face PEFT; lora and gs-lora)', default: 'sparsetune' },
     eval: { type: 'string', value: 'FILE', description: 'held-out data (default: split --holdout of --data)' },
     steps: { type: 'string', value: 'N', description: 'optimizer steps', default: "the method's recipe" },
     'phase-steps': { type: 'string', value: 'A,B', description: 'multi-phase methods (lt-sft): steps of each phase (--steps alone sets every phase)', default: "the method's recipe" },
@@ -63,9 +66,13 @@ export const spec: CommandSpec = {
     'Examples:',
     '  sparsetune train --method lora --data train.jsonl --out runs/lora --steps 200',
     '  sparsetune train --method lora --help        # the method\'s config fields and recipe (default lr, steps, optimizer)',
+    '  sparsetune train --method lora --config adapter_config.json --format peft ...   # PEFT config in, PEFT directory out',
     '  sparsetune train ... --resume                 # continue an interrupted run exactly',
   ].join('\n'),
 };
+
+/** Methods whose adapters are PEFT LoRA (low-rank pairs, optionally saved modules). */
+const PEFT_METHODS = ['lora', 'gs-lora'];
 
 /** What `runZerothOrderTrain` receives (zeroth-order methods; src/zeroth-order/cli.ts). */
 export interface ZerothOrderTrainOptions {
@@ -182,6 +189,10 @@ export async function run(argv: string[]): Promise<number | void> {
   const f = parseCommand(spec, argv);
   const method = f.required('method');
   checkMethodName('train', method);
+  const format = f.choice('format', ['sparsetune', 'peft'] as const, 'sparsetune')!;
+  if (format === 'peft' && !PEFT_METHODS.includes(method)) {
+    throw new UsageError('train', `--format peft writes a PEFT LoRA directory, which only low-rank methods produce (${PEFT_METHODS.join(', ')}); ${method} adapters are saved as sparsetune adapters (drop --format)`);
+  }
   const data = f.required('data');
   const out = f.required('out');
   const cfgPath = f.str('config');
@@ -241,8 +252,7 @@ export async function run(argv: string[]): Promise<number | void> {
   const trainSet = await loadData(model, data, seqLen);
   const evalSet = evalFile ? await loadData(model, evalFile, seqLen) : undefined;
   const m = await mod.createMethod(model, methodConfig);
-  const trainable = m.params().reduce((n, p) => n + p.data.length, 0);
-  log(`method ${method}: ${trainable.toLocaleString('en-US')} trainable values; ${trainSet.length} examples of <= ${seqLen} tokens in ${data}`);
+  log(`method ${method}: ${formatTrainableParameters(trainableParameters(model, m))}; ${trainSet.length} examples of <= ${seqLen} tokens in ${data}`);
 
   // Accuracy runs the method unfused in its eval form; one hooks object keeps one compiled graph.
   const classify = f.bool('classify') ? await readLabelledRows(evalFile!) : null;
@@ -295,7 +305,8 @@ export async function run(argv: string[]): Promise<number | void> {
     ...(accAfter ? { accuracyAfter: accAfter.accuracy } : {}),
     ...(accBefore ? { accuracyBefore: accBefore.accuracy } : {}),
   };
-  await saveAdapter(out, adapter);
+  if (format === 'peft') await exportPeft(adapter, out, { base: model.weights });
+  else await saveAdapter(out, adapter);
 
   const lines: string[] = [];
   if (res.resumedFrom !== undefined) lines.push(`resumed from step ${res.resumedFrom}`);
@@ -309,7 +320,8 @@ export async function run(argv: string[]): Promise<number | void> {
   if (accBefore) lines.push(`accuracy before:  ${(100 * accBefore.accuracy).toFixed(1)}% (${accBefore.correct}/${accBefore.total})`);
   if (accAfter) lines.push(`accuracy after:   ${(100 * accAfter.accuracy).toFixed(1)}% (${accAfter.correct}/${accAfter.total})`);
   if (res.stoppedEarly) lines.push(`stopped after ${res.steps} steps: ${res.stoppedEarly}${res.stoppedEarly === 'interrupted' ? ' (continue with --resume)' : ''}`);
-  lines.push(`saved ${path.join(out, ADAPTER_JSON)} and ${ADAPTER_SAFETENSORS} (${adapter.meta.method}, ${adapter.meta.kind}); metrics in ${path.join(out, METRICS_FILE)}`);
+  const [manifest, tensors] = format === 'peft' ? [PEFT_CONFIG, PEFT_WEIGHTS] : [ADAPTER_JSON, ADAPTER_SAFETENSORS];
+  lines.push(`saved ${path.join(out, manifest)} and ${tensors} (${adapter.meta.method}, ${format === 'peft' ? 'PEFT LoRA' : adapter.meta.kind}); metrics in ${path.join(out, METRICS_FILE)}`);
   process.stdout.write(`${lines.join('\n')}\n`);
   return res.stoppedEarly === 'interrupted' ? 130 : 0;
 }
