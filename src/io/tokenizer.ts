@@ -273,6 +273,14 @@ export class TokenStreamDecoder {
     return this.emit(false);
   }
 
+  /** The text `push(id)` would return now, without adding it (the strings of logprob alternatives). */
+  peek(id: number): string {
+    const opts = { skipSpecialTokens: this.skip };
+    const before = this.tok.decode(this.ids.slice(this.prefixOffset, this.readOffset), opts);
+    const after = this.tok.decode([...this.ids.slice(this.prefixOffset), id], opts);
+    return after.length <= before.length || after.endsWith('\uFFFD') ? '' : after.slice(before.length);
+  }
+
   /** Return whatever is still held back (an incomplete character shows as U+FFFD). */
   flush(): string {
     return this.readOffset < this.ids.length ? this.emit(true) : '';

@@ -13,10 +13,15 @@
  * - masks intersect (bitwise AND) and still apply last.
  * Pruned adapters cannot be composed. Composing the composition with a third adapter is
  * exact only up to the one float32 rounding of the first composition.
+ *
+ * Weighted composition (`weights`): input k enters as `scaleAdapter(adapters[k], weights[k])`
+ * (values times the weight, low-rank scales times the weight), so the result fuses to the
+ * same bits as applying the scaled adapters together. Masks cannot be weighted (weight 1 only).
  */
 import { SparsetuneError } from '../errors.js';
 import { numel as numelOf } from '../tensor.js';
 import { contributionsTo, deltaParams, lowRankProduct, mergeContributions, type Contribution } from './reduce.js';
+import { scaleAdapter } from './scale.js';
 import { ADAPTER_FORMAT, biasParamOf, type Adapter, type AdapterKind, type AdditiveDelta, type LowRankPair, type StructuredDelta } from './types.js';
 import { validateAdapter } from './validate.js';
 
@@ -25,11 +30,18 @@ export interface ComposeOptions {
   shapes?: Map<string, number[]>;
   /** `method` of the result (default "compose"). */
   method?: string;
+  /** One weight per adapter (default all 1): adapter k contributes weights[k] times its delta. */
+  weights?: readonly number[];
 }
 
-/** One adapter equivalent to applying all of `adapters` together. */
-export function composeAdapters(adapters: Adapter[], opts: ComposeOptions = {}): Adapter {
-  if (adapters.length === 0) throw new SparsetuneError('BAD_ARGUMENT', 'composeAdapters: pass at least one adapter');
+/** One adapter equivalent to applying all of `adapters` together (each scaled by its weight). */
+export function composeAdapters(inputs: Adapter[], opts: ComposeOptions = {}): Adapter {
+  if (inputs.length === 0) throw new SparsetuneError('BAD_ARGUMENT', 'composeAdapters: pass at least one adapter');
+  const weights = opts.weights;
+  if (weights && weights.length !== inputs.length) {
+    throw new SparsetuneError('BAD_ARGUMENT', `composeAdapters: ${weights.length} weight(s) for ${inputs.length} adapter(s); give one weight per adapter`);
+  }
+  const adapters = weights ? inputs.map((a, k) => scaleAdapter(a, weights[k])) : inputs;
   for (const a of adapters) {
     if (a.pruned) throw new SparsetuneError('BAD_ARGUMENT', `composeAdapters: adapter "${a.meta.method}" is pruned (structural); pruned adapters cannot be composed, merge them into a model instead`);
     validateAdapter(a, { shapes: opts.shapes });
@@ -56,7 +68,7 @@ export function composeAdapters(adapters: Adapter[], opts: ComposeOptions = {}):
       method: opts.method ?? 'compose',
       kind: 'additive',
       base,
-      config: { inputs: adapters.map((a) => ({ method: a.meta.method, kind: a.meta.kind, created: a.meta.created })) },
+      config: { inputs: inputs.map((a, k) => ({ method: a.meta.method, kind: a.meta.kind, created: a.meta.created, ...(weights ? { weight: weights[k] } : {}) })) },
       created: new Date().toISOString(),
       metrics: {},
     },

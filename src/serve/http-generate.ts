@@ -11,7 +11,8 @@ import { toApiError } from './http-errors.js';
 import type { JobEvent } from './job.js';
 import { chatRequestSchema, completionRequestSchema, parseBody, refuseUnsupported, type ChatRequest, type CompletionRequest } from './openai-schema.js';
 import { chatSpecs, completionSpecs, type TokenLimits } from './prompts.js';
-import type { FinishReason } from './sequence.js';
+import { LogprobsFormatter, type CompletionLogprobs } from './logprobs.js';
+import type { FinishReason, SequenceLogprob } from './sequence.js';
 import type { ServeService } from './service.js';
 
 type Kind = 'completion' | 'chat';
@@ -39,9 +40,9 @@ class Shapes {
     return { id: this.id, object, created: this.created, model: this.model };
   }
 
-  chunk(index: number, text: string | null, finish: 'stop' | 'length' | null, first = false) {
+  chunk(index: number, text: string | null, finish: 'stop' | 'length' | null, first = false, logprobs: CompletionLogprobs | null = null) {
     if (this.kind === 'completion') {
-      return { ...this.head('text_completion'), choices: [{ index, text: text ?? '', logprobs: null, finish_reason: finish }] };
+      return { ...this.head('text_completion'), choices: [{ index, text: text ?? '', logprobs, finish_reason: finish }] };
     }
     const delta = finish !== null && text === null ? {} : first ? { role: 'assistant', content: text ?? '' } : { content: text ?? '' };
     return { ...this.head('chat.completion.chunk'), choices: [{ index, delta, logprobs: null, finish_reason: finish }] };
@@ -51,11 +52,11 @@ class Shapes {
     return { ...this.head(this.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion'), choices: [], usage };
   }
 
-  final(texts: string[], finishes: ('stop' | 'length')[], usage: Usage) {
+  final(texts: string[], finishes: ('stop' | 'length')[], usage: Usage, logprobs?: CompletionLogprobs[]) {
     if (this.kind === 'completion') {
       return {
         ...this.head('text_completion'),
-        choices: texts.map((text, index) => ({ index, text, logprobs: null, finish_reason: finishes[index] })),
+        choices: texts.map((text, index) => ({ index, text, logprobs: logprobs?.[index] ?? null, finish_reason: finishes[index] })),
         usage,
       };
     }
@@ -98,6 +99,8 @@ export function registerGenerationRoutes(app: FastifyInstance, svc: ServeService
     if (request.raw.socket?.destroyed) job.cancel(); // gone while the request was being queued
     const shapes = new Shapes(kind, body.model);
     const ends: Extract<JobEvent, { type: 'end' }>[] = [];
+    // Completions `logprobs`: one formatter per choice (streaming chunks continue its text offsets).
+    const lp = specs[0]?.logprobs === undefined ? null : specs.map(() => new LogprobsFormatter());
 
     if (body.stream) {
       reply.hijack();
@@ -109,7 +112,7 @@ export function registerGenerationRoutes(app: FastifyInstance, svc: ServeService
       if (kind === 'chat') specs.forEach((_, i) => send(shapes.chunk(i, '', null, true)));
       let failed: SparsetuneError | null = null;
       for await (const ev of job.stream()) {
-        if (ev.type === 'text') send(shapes.chunk(ev.index, ev.text, null));
+        if (ev.type === 'text') send(shapes.chunk(ev.index, ev.text, null, false, lp ? lp[ev.index].format(ev.logprobs ?? []) : null));
         else {
           ends.push(ev);
           const err = endError(ev);
@@ -126,8 +129,12 @@ export function registerGenerationRoutes(app: FastifyInstance, svc: ServeService
 
     const texts = specs.map(() => '');
     const finishes = specs.map((): 'stop' | 'length' => 'stop');
+    const entries = specs.map((): SequenceLogprob[] => []);
     for await (const ev of job.stream()) {
-      if (ev.type === 'text') texts[ev.index] += ev.text;
+      if (ev.type === 'text') {
+        texts[ev.index] += ev.text;
+        if (ev.logprobs) entries[ev.index].push(...ev.logprobs);
+      }
       else {
         ends.push(ev);
         const err = endError(ev);
@@ -138,7 +145,7 @@ export function registerGenerationRoutes(app: FastifyInstance, svc: ServeService
         finishes[ev.index] = finishReasonOf(ev.finishReason);
       }
     }
-    return shapes.final(texts, finishes, usageOf(ends, promptTokens));
+    return shapes.final(texts, finishes, usageOf(ends, promptTokens), lp ? entries.map((e, i) => lp[i].format(e)) : undefined);
   };
 
   app.post('/v1/completions', (req, reply) => handle('completion', req, reply));

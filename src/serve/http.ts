@@ -6,6 +6,8 @@ import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { apiError, toApiError } from './http-errors.js';
 import { registerGenerationRoutes } from './http-generate.js';
+import { registerTokenizeRoutes } from './http-tokenize.js';
+import { registerVllmRoutes } from './http-vllm.js';
 import { loadAdapterSchema, parseBody } from './openai-schema.js';
 import type { TokenLimits } from './prompts.js';
 import { BASE_MODEL_ID, type AdapterEntry } from './registry.js';
@@ -119,5 +121,8 @@ export function buildApp(svc: ServeService, opts: HttpOptions): FastifyInstance 
   });
 
   registerGenerationRoutes(app, svc, opts.limits);
+  // Other servers' names for the same things (vLLM's adapter and tokenizer routes).
+  registerVllmRoutes(app, svc, log);
+  registerTokenizeRoutes(app, svc);
   return app;
 }

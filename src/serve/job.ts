@@ -3,10 +3,10 @@
  * ordered event stream for the HTTP handler, cancels them when the client goes away, and
  * lets go of the request's adapters once every sequence has ended.
  */
-import type { FinishReason, Sequence, SequenceSink } from './sequence.js';
+import type { FinishReason, Sequence, SequenceLogprob, SequenceSink } from './sequence.js';
 
 export type JobEvent =
-  | { type: 'text'; index: number; text: string }
+  | { type: 'text'; index: number; text: string; logprobs?: SequenceLogprob[] }
   | { type: 'end'; index: number; finishReason: FinishReason; promptTokens: number; completionTokens: number; error?: string };
 
 export class Job implements SequenceSink {
@@ -31,8 +31,8 @@ export class Job implements SequenceSink {
     return this.total > 0 && this.ended === this.total;
   }
 
-  text(seq: Sequence, delta: string): void {
-    this.push({ type: 'text', index: seq.index, text: delta });
+  text(seq: Sequence, delta: string, logprobs?: SequenceLogprob[]): void {
+    this.push(logprobs ? { type: 'text', index: seq.index, text: delta, logprobs } : { type: 'text', index: seq.index, text: delta });
   }
 
   finish(seq: Sequence): void {

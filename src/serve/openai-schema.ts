@@ -1,12 +1,14 @@
 /**
  * Request bodies of the OpenAI-compatible endpoints, validated with zod. Fields the server
- * cannot honour (logprobs, echo, tools, penalties other than repetition_penalty) are refused
- * with a 400 rather than silently ignored.
+ * cannot honour (echo, chat logprobs, tools, penalties other than repetition_penalty) are
+ * refused with a 400 rather than silently ignored.
  */
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 
 const tokenId = z.number().int().nonnegative();
+/** Most alternatives `logprobs` may ask for per token (vLLM's default max_logprobs). */
+export const MAX_LOGPROBS = 20;
 const stop = z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullable().optional();
 
 /** Fields shared by completions and chat completions. */
@@ -36,7 +38,8 @@ export const completionRequestSchema = z.object({
   ...common,
   prompt: z.union([z.string(), z.array(z.string()).min(1).max(16), z.array(tokenId).min(1), z.array(z.array(tokenId).min(1)).min(1).max(16)]),
   echo: z.boolean().nullable().optional(),
-  logprobs: z.number().int().nullable().optional(),
+  /** Report each token's log-probability and this many most likely alternatives (OpenAI allows up to 5, vLLM 20). */
+  logprobs: z.number().int().min(0).max(MAX_LOGPROBS).nullable().optional(),
   suffix: z.string().nullable().optional(),
   best_of: z.number().int().nullable().optional(),
 });
@@ -90,12 +93,11 @@ export function refuseUnsupported(req: CompletionRequest | ChatRequest): void {
   no(req.logit_bias && Object.keys(req.logit_bias).length, 'logit_bias is not supported');
   if ('prompt' in req) {
     no(req.echo, 'echo is not supported');
-    no(req.logprobs !== undefined && req.logprobs !== null, 'logprobs is not supported');
     no(req.suffix, 'suffix is not supported');
     no(req.best_of !== undefined && req.best_of !== null && req.best_of !== 1, 'best_of is not supported');
   } else {
-    no(req.logprobs, 'logprobs is not supported');
-    no(req.top_logprobs, 'top_logprobs is not supported');
+    no(req.logprobs, 'logprobs is not supported on chat completions; use /v1/completions with logprobs');
+    no(req.top_logprobs, 'top_logprobs is not supported on chat completions; use /v1/completions with logprobs');
     no(req.tools && req.tools.length, 'tools are not supported');
     no(req.response_format && req.response_format.type !== 'text', 'response_format other than "text" is not supported');
   }

@@ -85,7 +85,8 @@ function specsFor(
         // Choice i of a seeded request uses seed + i, as generateIds does for batch rows.
         seed: req.seed === undefined || req.seed === null ? undefined : req.seed + index,
       };
-      specs.push({ prompt, maxTokens, sampling, stop, eos: model.eosIds });
+      const logprobs = 'prompt' in req && req.logprobs !== undefined && req.logprobs !== null ? req.logprobs : undefined;
+      specs.push({ prompt, maxTokens, sampling, stop, eos: model.eosIds, ...(logprobs === undefined ? {} : { logprobs }) });
     }
   }
   return specs;

@@ -5,6 +5,7 @@
  * `generateText` produces for the same prompt and options.
  */
 import type { Tokenizer, TokenStreamDecoder } from '../io/tokenizer.js';
+import { tokenLogprobs } from '../models/logprobs.js';
 import { Sampler, StopStringMatcher, type SamplingOptions } from '../models/sampling.js';
 
 /** Why a sequence ended. `eos` and `stop` are both "stop" to OpenAI clients. */
@@ -19,11 +20,24 @@ export interface SequenceSpec {
   stop: string[];
   /** Token ids that end the sequence. */
   eos: readonly number[];
+  /** Report each generated token's log-probability and this many alternatives (OpenAI `logprobs`); absent: none. */
+  logprobs?: number;
+}
+
+/**
+ * A generated token's log-probability (over the model's raw distribution), with the text it
+ * added and the `logprobs` most likely alternatives as [text, logprob].
+ */
+export interface SequenceLogprob {
+  token: string;
+  logprob: number;
+  top: [string, number][];
 }
 
 /** Receives a sequence's output as it is produced. */
 export interface SequenceSink {
-  text(seq: Sequence, delta: string): void;
+  /** `logprobs`: entries of the tokens generated since the last call (when the spec asks for them). */
+  text(seq: Sequence, delta: string, logprobs?: SequenceLogprob[]): void;
   finish(seq: Sequence): void;
 }
 
@@ -41,6 +55,8 @@ export class Sequence {
   private readonly decoder: TokenStreamDecoder | null;
   private readonly stops: StopStringMatcher;
   private readonly eos: Set<number>;
+  /** Logprob entries not yet handed to the sink with text. */
+  private pendingLogprobs: SequenceLogprob[] | null;
 
   constructor(
     /** Position of this sequence in its request's choices. */
@@ -54,6 +70,7 @@ export class Sequence {
     this.decoder = tokenizer?.streamDecoder({ context: spec.prompt }) ?? null;
     this.stops = new StopStringMatcher(spec.stop);
     this.eos = new Set(spec.eos);
+    this.pendingLogprobs = spec.logprobs === undefined ? null : [];
   }
 
   get done(): boolean {
@@ -71,8 +88,12 @@ export class Sequence {
       return true;
     }
     this.generated.push(t);
-    const { emit, stopped } = this.stops.push(this.decoder?.push(t) ?? '');
-    if (emit) this.sink.text(this, emit);
+    const lp = this.pendingLogprobs ? tokenLogprobs(logits, t, this.spec.logprobs!) : null;
+    const top: [string, number][] | undefined = lp?.top.map((x) => [this.decoder?.peek(x.id) ?? `token_id:${x.id}`, x.logprob]);
+    const piece = this.decoder?.push(t) ?? '';
+    if (lp) this.pendingLogprobs!.push({ token: this.decoder ? piece : `token_id:${t}`, logprob: lp.logprob, top: top! });
+    const { emit, stopped } = this.stops.push(piece);
+    if (emit) this.sink.text(this, emit, this.takeLogprobs());
     if (stopped) {
       this.end('stop', '');
       return true;
@@ -97,8 +118,15 @@ export class Sequence {
     return this.stops.push(this.decoder?.flush() ?? '').emit + this.stops.flush();
   }
 
+  /** Pending logprob entries (handed over with the text they belong to), or undefined. */
+  private takeLogprobs(): SequenceLogprob[] | undefined {
+    if (!this.pendingLogprobs?.length) return undefined;
+    return this.pendingLogprobs.splice(0);
+  }
+
   private end(reason: FinishReason, tail: string): void {
-    if (tail) this.sink.text(this, tail);
+    const logprobs = this.takeLogprobs();
+    if (tail || logprobs) this.sink.text(this, tail, logprobs);
     this.pending = null;
     this.finishReason = reason;
     this.sink.finish(this);

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensors } from '../../src/io/safetensors.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
+import { loadAdapter } from '../../src/merge/adapter.js';
 import { importPeft } from '../../src/merge/peft.js';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { cli, json, ROOT, SHARED_DATA } from './helpers.js';
@@ -60,6 +61,23 @@ describe('--adapter with a PEFT directory', () => {
     expect(worst(rows, ref.logits.flat())).toBeLessThan(1e-4);
     // The composition is a sparsetune adapter (no base needed to read it), e.g. for the server.
     expect(existsSync(join(composed, 'adapter.json'))).toBe(true);
+  });
+});
+
+describe('compose --weights', () => {
+  it('scales each input by its weight, and checks the weight list', async () => {
+    const out = join(tmp, 'half');
+    const [ok, bad] = await Promise.all([
+      cli(['compose', '--adapter', join(FIX, 'stories260K-lora'), '--weights', '0.5', '--out', out]),
+      cli(['compose', '--adapter', join(FIX, 'stories260K-lora'), '--weights', '1,x', '--out', join(tmp, 'bad')]),
+    ]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/with weights 0\.5/);
+    const [half, full] = [await loadAdapter(out), await loadAdapter(join(FIX, 'stories260K-lora'))];
+    expect(half.lowrank.size).toBe(full.lowrank.size);
+    for (const [k, p] of full.lowrank) expect(half.lowrank.get(k)!.scale).toBe(p.scale * 0.5);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--weights item 2 is 'x'/);
   });
 });
 

@@ -7,6 +7,7 @@ import { loadAdapter, saveAdapter } from '../../src/merge/adapter.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
 import { packBits, unpackBits } from '../../src/merge/bits.js';
 import { composeAdapters, lowRankToAdditive } from '../../src/merge/compose.js';
+import { scaleAdapter } from '../../src/merge/scale.js';
 import { newAdapter, type Adapter, type LowRankPair } from '../../src/merge/types.js';
 import { cloneWeights, firstDifference, randInt, randomAdapter, randomWeights, rng, shapesMap } from './helpers.js';
 
@@ -42,6 +43,35 @@ describe('composeAdapters', () => {
       const diff = firstDifference(onBase, fused(base, inputs));
       if (diff) throw new Error(`case ${t}: ${diff}`);
     }
+  });
+
+  it('with weights, gives bitwise what applying each input scaled by its weight gives (200 random cases)', () => {
+    const r = rng(1515);
+    for (let t = 0; t < 200; t++) {
+      const base = randomWeights(r);
+      const inputs = Array.from({ length: 2 + randInt(r, 2) }, (_, k) => randomAdapter(r, `w${k}`)).filter((a) => a.masks.size === 0);
+      if (inputs.length === 0) continue;
+      const weights = inputs.map(() => [0.5, -1, 2, 0.3, 1][randInt(r, 5)]);
+      const composed = composeAdapters(inputs, { weights });
+      expect((composed.meta.config.inputs as { weight: number }[]).map((i) => i.weight)).toEqual(weights);
+      const onBase = cloneWeights(base);
+      new WeightPatcher(onBase, { fingerprint: 'x' }).apply(composed);
+      const diff = firstDifference(onBase, fused(base, inputs.map((a, k) => scaleAdapter(a, weights[k]))));
+      if (diff) throw new Error(`case ${t}: ${diff}`);
+    }
+    // A weight of 2 is the adapter applied twice; 0.5 twice is the adapter once.
+    const a = blank('a');
+    a.additive.set(Q, { indices: Int32Array.from([1, 3]), values: Float32Array.from([1.5, -2]) });
+    expect(Array.from(composeAdapters([a], { weights: [2] }).additive.get(Q)!.values)).toEqual([3, -4]);
+    expect(Array.from(composeAdapters([a, a], { weights: [0.5, 0.5] }).additive.get(Q)!.values)).toEqual([1.5, -2]);
+  });
+
+  it('refuses weights for masks (other than 1) and a weight count that does not match', () => {
+    const m = blank('m');
+    m.masks.set(Q, { bits: packBits(Uint8Array.from({ length: 35 }, (_, i) => i % 2)), numel: 35 });
+    expect(composeAdapters([m], { weights: [1] }).masks.size).toBe(1);
+    expect(() => composeAdapters([m], { weights: [0.5] })).toThrow(/masks, which cannot be scaled/);
+    expect(() => composeAdapters([m, m], { weights: [1] })).toThrow(/1 weight\(s\) for 2 adapter\(s\)/);
   });
 
   it('merges additive deltas by index and sums the values', () => {

@@ -97,7 +97,8 @@ describe('errors', () => {
     await expectError(call('POST', '/v1/completions', { model: 'base', prompt: 'x', temperature: -1 }), 400);
     await expectError(call('POST', '/v1/completions', { model: 'base', prompt: 'x', max_tokens: 1000 }), 400);
     await expectError(call('POST', '/v1/completions', { model: 'base', prompt: [[1, 99999]] }), 400);
-    await expectError(call('POST', '/v1/completions', { model: 'base', prompt: 'x', logprobs: 3 }), 400);
+    await expectError(call('POST', '/v1/completions', { model: 'base', prompt: 'x', logprobs: 30 }), 400);
+    await expectError(call('POST', '/v1/chat/completions', { model: 'base', messages: [{ role: 'user', content: 'hi' }], logprobs: true }), 400);
     await expectError(call('POST', '/v1/chat/completions', { model: 'base', messages: [] }), 400);
     await expectError(call('POST', '/v1/chat/completions', { model: 'base', messages: [{ role: 'wizard', content: 'hi' }] }), 400);
     await expectError(call('POST', '/v1/adapters', { id: 'bad id!' }), 400);
