@@ -25,6 +25,7 @@ export * from './train/method.js';
 export { trainableParameters, formatTrainableParameters, type TrainableSummary } from './train/trainable.js';
 export * from './train/optim.js';
 export { METHOD_NAMES, methodModule, type MethodModule } from './train/registry.js';
+export { GENERIC_RECIPE, recipeTrainerConfig, resolveRecipe, recipeHelp, type MethodRecipe } from './train/recipe.js';
 export * from './train/run.js';
 export * from './train/checkpoint.js';
 export * from './train/metrics.js';
@@ -48,6 +49,8 @@ export { PatMethod, patConfigSchema, type PatConfig } from './adapters/pat.js';
 export { MaskllmMethod, maskllmConfigSchema, type MaskllmConfig } from './masks/maskllm.js';
 export { RamtMethod, ramtConfigSchema, type RamtConfig } from './masks/ramt.js';
 export { LtSftMethod, ltSftConfigSchema, type LtSftConfig } from './masks/lt-sft.js';
+export { oneShotMasks, oneShotAdapter, type OneShotKind, type OneShotOptions, type OneShotTensor } from './masks/oneshot.js';
+export { sparseGptNM, type SparseGptOptions, type SparseGptResult } from './masks/sparsegpt.js';
 
 // Adapter files and their algebra: save/load, fuse/unfuse, compose, PEFT interop, pruned export.
 export * from './merge/index.js';

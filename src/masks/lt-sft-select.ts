@@ -6,9 +6,12 @@
  * the float. So the K-th largest |delta| is found by a two-level radix select: one pass
  * histograms the high 16 bits (65,536 bins), a second pass histograms the low 16 bits
  * inside the one high bin that holds the K-th value. That pins the threshold's exact bit
- * pattern; a third pass marks every entry above it plus just enough entries equal to it
- * (first in tensor order, then index order) so that exactly K are picked. Memory: two
- * fixed histograms and one small scratch chunk, whatever the model size.
+ * pattern; a third pass marks every entry above it and, at the boundary, either every entry
+ * equal to it (`ties: 'all'`, the official LT-SFT rule `|delta| >= threshold`; entries that
+ * did not change at all are never picked then, so a zero threshold cannot unmask everything)
+ * or just enough of them (first in tensor order, then index order) that exactly K are picked
+ * (`ties: 'first'`). Memory: two fixed histograms and one small scratch chunk, whatever the
+ * model size.
  */
 import { SparsetuneError } from '../errors.js';
 
@@ -27,11 +30,11 @@ export interface SelectionTensor {
 }
 
 export interface SelectionResult {
-  /** Entries newly set in the masks (exactly the requested k). */
+  /** Entries newly set in the masks: k with ties 'first'; with ties 'all', k plus the extra ties (fewer if fewer changed). */
   picked: number;
   /** The K-th largest |delta| among the candidates (the selection threshold). */
   threshold: number;
-  /** Entries picked although equal to the threshold (ties broken by position). */
+  /** Entries picked that equal the threshold. */
   tiesPicked: number;
   /** Candidates seen (entries not yet in a mask, with a finite delta). */
   candidates: number;
@@ -59,12 +62,17 @@ function forEachKey(t: SelectionTensor, scratch: Float32Array, bits: Uint32Array
   }
 }
 
+/** How entries equal to the k-th largest |delta| are treated (see the module comment). */
+export type TieRule = 'all' | 'first';
+
 /**
  * Pick the `k` not-yet-masked entries with the largest |current − reference| across all
- * `tensors` (globally, not per tensor) and set them in the tensors' masks.
- * Throws BAD_ARGUMENT when fewer than `k` candidates exist.
+ * `tensors` (globally, not per tensor) and set them in the tensors' masks; `ties` decides
+ * the boundary (default 'first': exactly k). Throws BAD_ARGUMENT when fewer than `k`
+ * candidates exist.
  */
-export function selectTopKByDelta(tensors: readonly SelectionTensor[], k: number): SelectionResult {
+export function selectTopKByDelta(tensors: readonly SelectionTensor[], k: number, opts: { ties?: TieRule } = {}): SelectionResult {
+  const allTies = (opts.ties ?? 'first') === 'all';
   if (!Number.isInteger(k) || k < 0) throw new SparsetuneError('BAD_ARGUMENT', `selectTopKByDelta: k must be a non-negative integer, got ${k}`);
   for (const t of tensors) {
     if (t.current.length !== t.reference.length || t.mask.length !== t.current.length) {
@@ -104,7 +112,8 @@ export function selectTopKByDelta(tensors: readonly SelectionTensor[], k: number
   while (above + low[loBin] < k) above += low[loBin--];
   const thresholdKey = ((hiBin << 16) | loBin) >>> 0;
   // `above` now counts keys strictly greater than the threshold; the rest come from ties.
-  const tiesNeeded = k - above;
+  // Rule 'all' takes every tie, but never an unchanged entry (key 0).
+  const tiesNeeded = allTies ? (thresholdKey === 0 ? 0 : Infinity) : k - above;
 
   // Pass 3: mark.
   let ties = 0;

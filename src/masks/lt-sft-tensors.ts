@@ -45,6 +45,31 @@ export function maskableTensors(model: CausalLM, targets: string[] | string, inc
 }
 
 /**
+ * The LM head when it is a tensor of its own (untied) and not already maskable: the
+ * "non-maskable head" that the official code fine-tunes densely (task SFTs). Null when the
+ * head is tied to the embedding (then it is the maskable embedding itself).
+ */
+export function untiedHead(model: CausalLM, maskable: readonly MaskableTensor[]): MaskableTensor | null {
+  const site = model.sites().find((s) => s.kind === 'lm_head');
+  if (!site || EMBEDDING_NAMES.includes(site.weightName) || maskable.some((t) => t.name === site.weightName)) return null;
+  const w = model.weights.get(site.weightName);
+  if (!w || maskable.some((t) => t.data.buffer === w.data.buffer && t.data.byteOffset === w.data.byteOffset)) return null;
+  return { name: site.weightName, shape: [...w.shape], data: w.data };
+}
+
+/** Total number of values in the model's weights, each buffer counted once (tied tensors once). */
+export function parameterCount(model: CausalLM): number {
+  const seen = new Set<Float32Array>();
+  let n = 0;
+  for (const w of model.weights.values()) {
+    if (seen.has(w.data)) continue;
+    seen.add(w.data);
+    n += w.data.length;
+  }
+  return n;
+}
+
+/**
  * phi = current − reference on the masked entries, dropping |phi| <= eps (after rounding
  * to float32, the stored value). Returns null when nothing survives.
  */

@@ -15,10 +15,21 @@
  * decay on its params in both phases (decay toward zero would move every weight and also
  * corrupt the |P − P0| ranking; the L1 term below is the method's regularizer).
  *
- * Regularizer R = (1/N)·Σ|P − P0| over the N maskable entries, weight `l1` (0.1 for
- * language SFTs, 0 for task SFTs). It is applied as a gradient term in adjustGradients,
- * l1·sign(P − P0)/N (sign(0) = 0), before the mask and before clipping, so no constant P0
- * feeds enter the graph. `l1Distance()` reports R for logging.
+ * Regularizer R = (1/N)·Σ|P − P0| over every trained entry, with N the model's total
+ * parameter count (as the official code: the sum runs over the trained tensors, the
+ * normalisation over all parameters), weight `l1` (0.1 for language SFTs, 0 for task SFTs),
+ * in both phases. It is applied as a gradient term in adjustGradients, l1·sign(P − P0)/N
+ * (sign(0) = 0), before the mask and before clipping, so no constant P0 feeds enter the
+ * graph. `l1Distance()` reports R for logging.
+ *
+ * Selection ties: every entry whose |P − P0| equals the K-th largest is selected, as the
+ * official `|delta| >= threshold` (so a selection can exceed K by the ties; in float32 these
+ * are rare), except that entries that did not move are never selected.
+ *
+ * Non-maskable head: with an untied LM head, `trainHead` (default on for task SFTs, off for
+ * language SFTs, as the official scripts freeze the output embeddings of language SFTs)
+ * fine-tunes the head densely in both phases; it is rewound with everything else and
+ * exported as a dense difference. With tied embeddings the head is the maskable embedding.
  *
  * Sources: a task SFT is trained on top of the source-language SFT(s). They are fused into
  * the weights at construction (WeightPatcher), P0 then is θ0 + φ_src, and the exported
@@ -39,9 +50,10 @@ import { newAdapter, type Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { GradMap, Method, TrainableParam } from '../train/method.js';
+import type { MethodRecipe } from '../train/recipe.js';
 import { parseMethodConfig } from '../adapters/common.js';
 import { selectTopKByDelta, type SelectionResult } from './lt-sft-select.js';
-import { DEFAULT_LT_SFT_TARGETS, maskableTensors, sparseDifference, type MaskableTensor } from './lt-sft-tensors.js';
+import { DEFAULT_LT_SFT_TARGETS, maskableTensors, parameterCount, sparseDifference, untiedHead, type MaskableTensor } from './lt-sft-tensors.js';
 
 export const ltSftConfigSchema = z
   .object({
@@ -51,8 +63,10 @@ export const ltSftConfigSchema = z
     density: z.number().gt(0).max(1).optional(),
     /** K as an absolute number of entries (instead of density). */
     count: z.number().int().positive().optional(),
-    /** Weight of R = mean |P − P0| (default 0.1 language, 0 task). */
+    /** Weight of R = Σ|P − P0| / (parameter count) (default 0.1 language, 0 task). */
     l1: z.number().nonnegative().optional(),
+    /** Fine-tune an untied LM head densely (default true for task SFTs, false for language SFTs; no effect with tied embeddings). */
+    trainHead: z.boolean().optional(),
     /** Full-then-sparse iterations; the mask grows by K/iterations each time. */
     iterations: z.number().int().positive().default(1),
     /** Linear layers whose weights are maskable (names, paths or a regex, as PEFT's target_modules). */
@@ -74,6 +88,7 @@ export type LtSftConfig = {
   density: number | null;
   count: number | null;
   l1: number;
+  trainHead: boolean;
   iterations: number;
   targetModules: string[] | string;
   includeEmbeddings: boolean;
@@ -97,6 +112,7 @@ export function resolveLtSftConfig(config: unknown): LtSftConfig {
     density: c.count === undefined ? (c.density ?? (language ? 0.04 : 0.08)) : null,
     count: c.count ?? null,
     l1: c.l1 ?? (language ? 0.1 : 0),
+    trainHead: c.trainHead ?? !language,
     iterations: c.iterations,
     targetModules: c.targetModules,
     includeEmbeddings: c.includeEmbeddings,
@@ -111,8 +127,12 @@ export class LtSftMethod implements Method {
   readonly config: LtSftConfig;
   /** The maskable tensors (their data are the model's weight buffers). */
   readonly tensors: MaskableTensor[];
-  /** Total maskable entries N. */
+  /** Total maskable entries. */
   readonly maskableEntries: number;
+  /** The untied LM head trained densely (trainHead), or null. */
+  readonly head: MaskableTensor | null;
+  /** N of the L1 term: every parameter of the model (tied tensors once). */
+  readonly parameterCount: number;
   /** K: entries the run may tune. */
   readonly budget: number;
   /** Fingerprint of the base before any source SFT was fused (recorded in the adapter). */
@@ -145,6 +165,8 @@ export class LtSftMethod implements Method {
     }
     this.tensors = maskableTensors(model, this.config.targetModules, this.config.includeEmbeddings);
     this.maskableEntries = this.tensors.reduce((s, t) => s + t.data.length, 0);
+    this.head = this.config.trainHead ? untiedHead(model, this.tensors) : null;
+    this.parameterCount = parameterCount(model);
     this.budget = this.config.count ?? Math.floor(this.config.density! * this.maskableEntries);
     if (this.budget < 1 || this.budget > this.maskableEntries) {
       throw new SparsetuneError('BAD_CONFIG', `lt-sft: K = ${this.budget} entries, but the model has ${this.maskableEntries} maskable entries; choose a density/count giving 1..${this.maskableEntries}`);
@@ -161,11 +183,14 @@ export class LtSftMethod implements Method {
       this.patcher?.revertAll();
       throw err;
     }
-    for (const t of this.tensors) {
-      this.pretrained.set(t.name, t.data.slice());
-      this.masks.set(t.name, new Uint8Array(t.data.length));
-    }
-    this.trainables = this.tensors.map((t) => ({ name: t.name, shape: t.shape, data: t.data, decay: false }));
+    for (const t of this.trained) this.pretrained.set(t.name, t.data.slice());
+    for (const t of this.tensors) this.masks.set(t.name, new Uint8Array(t.data.length));
+    this.trainables = this.trained.map((t) => ({ name: t.name, shape: t.shape, data: t.data, decay: false }));
+  }
+
+  /** Every tensor the optimizer updates: the maskable ones, then the dense head if any. */
+  get trained(): MaskableTensor[] {
+    return this.head ? [...this.tensors, this.head] : this.tensors;
   }
 
   /** Parse `config`, load its `sourceSfts` adapter directories, and create the method. */
@@ -193,10 +218,10 @@ export class LtSftMethod implements Method {
     return m;
   }
 
-  /** P0 of a maskable tensor: the weights at construction (sources fused). */
+  /** P0 of a trained tensor (maskable or the dense head): the weights at construction (sources fused). */
   reference(name: string): Float32Array {
     const p = this.pretrained.get(name);
-    if (!p) throw new SparsetuneError('NOT_FOUND', `lt-sft: '${name}' is not a maskable tensor`);
+    if (!p) throw new SparsetuneError('NOT_FOUND', `lt-sft: '${name}' is not a tensor this method trains`);
     return p;
   }
 
@@ -205,14 +230,14 @@ export class LtSftMethod implements Method {
     return this.selections.reduce((s, r) => s + r.picked, 0);
   }
 
-  /** R = (1/N)·Σ|P − P0| over the maskable entries (for logging). */
+  /** R = Σ|P − P0| over the trained entries / the parameter count (for logging). */
   l1Distance(): number {
     let s = 0;
-    for (const t of this.tensors) {
+    for (const t of this.trained) {
       const p0 = this.pretrained.get(t.name)!;
       for (let i = 0; i < p0.length; i++) s += Math.abs(t.data[i] - p0[i]);
     }
-    return s / this.maskableEntries;
+    return s / this.parameterCount;
   }
 
   params(): TrainableParam[] {
@@ -231,17 +256,18 @@ export class LtSftMethod implements Method {
   }
 
   adjustGradients(grads: GradMap): void {
-    const reg = this.config.l1 / this.maskableEntries;
+    const reg = this.config.l1 / this.parameterCount;
     const sparse = this.currentPhase !== 'full';
-    for (const t of this.tensors) {
+    for (const t of this.trained) {
       const g = grads.get(t.name);
       if (!g) continue;
       const p = t.data;
       const p0 = this.pretrained.get(t.name)!;
-      const mask = this.masks.get(t.name)!;
+      // The dense head has no mask: it trains fully in both phases.
+      const mask = this.masks.get(t.name);
       for (let i = 0; i < g.length; i++) {
         // Assign (not multiply) so masked-out entries get +0 even from NaN or -0 gradients.
-        if (sparse && !mask[i]) {
+        if (sparse && mask && !mask[i]) {
           g[i] = 0;
           continue;
         }
@@ -291,22 +317,24 @@ export class LtSftMethod implements Method {
     if (this.currentPhase === 'full') {
       const n = this.config.iterations;
       const share = Math.floor(this.budget / n);
-      const k = this.iteration < n - 1 ? share : this.budget - share * (n - 1);
+      // The last iteration takes what is left of K (earlier ties may have used some of it).
+      const k = this.iteration < n - 1 ? share : Math.max(0, this.budget - this.selectedEntries);
       this.selections.push(
         selectTopKByDelta(
           this.tensors.map((t) => ({ name: t.name, current: t.data, reference: this.pretrained.get(t.name)!, mask: this.masks.get(t.name)! })),
           k,
+          { ties: 'all' },
         ),
       );
       const rewindTo = this.previous ?? this.pretrained;
-      for (const t of this.tensors) t.data.set(rewindTo.get(t.name)!);
+      for (const t of this.trained) t.data.set(rewindTo.get(t.name)!);
       this.currentPhase = 'sparse';
       return true;
     }
     if (this.currentPhase === 'sparse') {
       this.iteration++;
       if (this.iteration < this.config.iterations) {
-        this.previous = new Map(this.tensors.map((t) => [t.name, t.data.slice()]));
+        this.previous = new Map(this.trained.map((t) => [t.name, t.data.slice()]));
         this.currentPhase = 'full';
         return true;
       }
@@ -332,11 +360,21 @@ export class LtSftMethod implements Method {
       adapter.additive.set(t.name, delta);
       nnz += delta.indices.length;
     }
+    let headEntries = 0;
+    if (this.head) {
+      // Dense: every entry that moved (the official code stores the head in full).
+      const delta = sparseDifference(this.head.data, this.pretrained.get(this.head.name)!, new Uint8Array(this.head.data.length).fill(1), 0);
+      if (delta) {
+        adapter.additive.set(this.head.name, delta);
+        headEntries = delta.indices.length;
+      }
+    }
     adapter.meta.metrics = {
       maskableEntries: this.maskableEntries,
       budget: this.budget,
       selected: this.selectedEntries,
       nnz,
+      ...(this.head ? { denseHead: this.head.name, headEntries } : {}),
       thresholds: this.selections.map((s) => s.threshold),
       completed: this.currentPhase === 'done',
       sources: this.sources.map((a) => ({ method: a.meta.method, created: a.meta.created, metrics: a.meta.metrics })),
@@ -352,12 +390,33 @@ export class LtSftMethod implements Method {
    */
   restoreBase(): void {
     if (this.currentPhase === 'restored') return;
-    for (const t of this.tensors) t.data.set(this.pretrained.get(t.name)!);
+    for (const t of this.trained) t.data.set(this.pretrained.get(t.name)!);
     for (const h of this.sourceHandles.splice(0).reverse()) this.patcher!.revert(h);
     this.previous = null;
     this.currentPhase = 'restored';
   }
 }
+
+/**
+ * The reference trainer settings (the defaults of `train --method lt-sft`): the official
+ * code's optimizer and schedule, a fresh one per phase, with separate step counts for the
+ * full and the sparse phase.
+ */
+export const recipe: MethodRecipe = {
+  source:
+    'LT-SFT (Ansell et al., ACL 2022), official code cambridgeltl/composable-sft: src/sft/lt_sft.py + trainer.py, examples/language-modeling/train_mlm.sh ' +
+    '(AdamW, no weight decay, linear decay to 0, clip 1.0, a fresh optimizer and schedule per phase, separate full/sparse step counts, L1 0.1 for language SFTs)',
+  lr: 1e-3,
+  steps: 100,
+  phaseSteps: [100, 100],
+  phaseNames: ['full', 'sparse'],
+  batchSize: 8,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+  schedule: { type: 'linear', warmupSteps: 0, minRatio: 0 },
+  clipNorm: 1,
+  notes:
+    'the reference lr 5e-5 (2e-5 for task SFTs) and 10k-100k steps per phase are for 100M+ parameter models; tiny checkpoints here learn in 100 steps per phase at lr 1e-3 (lr grid in bench/outcomes/lt-sft.ts)',
+};
 
 /** Registry entry (src/train/registry.ts). */
 export const configSchema = ltSftConfigSchema;

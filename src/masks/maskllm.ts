@@ -16,11 +16,13 @@ import { newAdapter, type Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { Method, Objective, StepContext, TrainableParam } from '../train/method.js';
-import { stepSeed, type TrainerConfigInput } from '../train/trainer.js';
+import type { MethodRecipe } from '../train/recipe.js';
+import { stepSeed } from '../train/trainer.js';
 import type { HostTensor } from '../tensor.js';
 import { initRng, normalInit, paramValue, parseMethodConfig, selectSites } from '../adapters/common.js';
 import { argmaxCandidates, candidateTable, fillGumbel, hardMask, hardRowMask, lerp, softMask } from './maskllm-graph.js';
-import { activationScores, binomial, checkGroupable, fromRowView, inputActivationNorms, magnitudeScores, nmCandidates, oneShotNM } from './priors.js';
+import { oneShotMasks } from './oneshot.js';
+import { binomial, checkGroupable, fromRowView, magnitudeScores, nmCandidates, oneShotNM, toRowView } from './priors.js';
 
 export const maskllmConfigSchema = z
   .object({
@@ -32,8 +34,12 @@ export const maskllmConfigSchema = z
       .default(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'c_attn', 'c_proj', 'c_fc']),
     /** Std of the logits' normal init. */
     initStd: z.number().nonnegative().default(0.01),
-    /** One-shot mask the logits start from; 'activation' needs calibration data. */
-    prior: z.enum(['magnitude', 'activation', 'none']).default('magnitude'),
+    /**
+     * One-shot mask the logits start from: 'sparsegpt' (OBS saliency from the input Hessian, the
+     * official recipe's prior), 'activation' (alias 'wanda': |W|·||x||), 'magnitude' or 'none'.
+     * The data-aware ones calibrate on `calibrationFile`, or else on the first training examples.
+     */
+    prior: z.enum(['sparsegpt', 'activation', 'wanda', 'magnitude', 'none']).default('sparsegpt'),
     /** The prior pattern gets +strength·std(logits) over patterns sharing one fewer position. */
     priorStrength: z.number().nonnegative().default(3),
     kappaStart: z.number().positive().default(100),
@@ -42,7 +48,7 @@ export const maskllmConfigSchema = z
     tauEnd: z.number().positive().default(0.05),
     /** Weight of the fading reward for keeping large weights: -lambda·(1 - t/T)·sum ||W ⊙ M_soft||^2. */
     regLambda: z.number().nonnegative().default(1e-5),
-    /** Text/JSONL file for the activation-aware prior (read by createMethod). */
+    /** Text/JSONL file for the data-aware priors (read by createMethod; default: the training data). */
     calibrationFile: z.string().optional(),
     calibrationExamples: z.number().int().positive().default(32),
     calibrationSeqLen: z.number().int().min(2).default(128),
@@ -97,8 +103,14 @@ export class MaskllmMethod implements Method {
     });
     this.byWeight = new Map(this.tensors.map((t) => [t.site.weightName, t]));
     this.noise = this.tensors.map((t) => new Float32Array(t.logits.data.length));
-    if (this.config.prior === 'magnitude') this.initLogits((t) => oneShotNM(magnitudeScores(this.weightOf(t), t.site), n, m));
-    else this.initLogits(null);
+    // Data-aware priors start from magnitude until calibrate() (or the first training step) runs.
+    if (this.config.prior === 'none') this.initLogits(null);
+    else this.initLogits((t) => oneShotNM(magnitudeScores(this.weightOf(t), t.site), n, m));
+  }
+
+  /** Whether the prior needs calibration data (sparsegpt, activation / wanda). */
+  get dataAwarePrior(): boolean {
+    return this.config.prior === 'sparsegpt' || this.config.prior === 'activation' || this.config.prior === 'wanda';
   }
 
   private weightOf(t: MaskllmTensor): Float32Array {
@@ -138,13 +150,17 @@ export class MaskllmMethod implements Method {
   }
 
   /**
-   * Activation-aware prior (Wanda, |W|·||x||): measure input norms on calibration examples
-   * and re-initialize the logits toward the resulting one-shot N:M mask.
+   * Data-aware prior: measure the calibration statistics (input norms for Wanda, input Gram
+   * matrices for SparseGPT) on `examples` and re-initialize the logits toward the resulting
+   * one-shot N:M mask.
    */
   async calibrate(examples: readonly TokenizedExample[], opts: { batchSize?: number } = {}): Promise<void> {
-    const norms = await inputActivationNorms(this.model, this.tensors.map((t) => t.site), examples, opts);
+    if (!this.dataAwarePrior) throw new SparsetuneError('BAD_CONFIG', `maskllm: prior '${this.config.prior}' takes no calibration data`);
     const { n, m } = this.config;
-    this.initLogits((t) => oneShotNM(activationScores(this.weightOf(t), t.site, norms.get(t.site.name)!), n, m));
+    const kind = this.config.prior === 'sparsegpt' ? 'sparsegpt' : 'wanda';
+    const masks = await oneShotMasks(this.model, { kind, n, m, calibration: examples, batchSize: opts.batchSize }, this.tensors.map((t) => t.site));
+    const byName = new Map(masks.map((x) => [x.site.name, toRowView(Float32Array.from(x.mask), x.site)]));
+    this.initLogits((t) => Uint8Array.from(byName.get(t.site.name)!));
     this.calibrated = true;
   }
 
@@ -183,10 +199,13 @@ export class MaskllmMethod implements Method {
     return { graph: g, loss: sub(lm, mul(coef, sq)), metrics: { lm_loss: lm, kept_sq_norm: sq } };
   }
 
-  beforeTraining(): void {
-    if (this.config.prior === 'activation' && !this.calibrated) {
-      throw new SparsetuneError('BAD_CONFIG', "maskllm: prior 'activation' needs calibration data; set calibrationFile or call calibrate(examples) before training");
+  /** Calibrates a data-aware prior on the first `calibrationExamples` training examples unless calibrate() ran. */
+  async beforeTraining(_ctx?: StepContext, train?: readonly TokenizedExample[]): Promise<void> {
+    if (!this.dataAwarePrior || this.calibrated) return;
+    if (!train?.length) {
+      throw new SparsetuneError('BAD_CONFIG', `maskllm: prior '${this.config.prior}' needs calibration data; set calibrationFile or call calibrate(examples) before training`);
     }
+    await this.calibrate(train.slice(0, this.config.calibrationExamples));
   }
 
   /** Temperature, scale and regularizer weight of this step, and fresh Gumbel noise. */
@@ -241,24 +260,32 @@ function scalarF32(v: number): HostTensor<'f32'> {
 }
 
 /**
- * The reference optimizer settings (specs/maskllm.md: Adam (0.9, 0.95), eps 1e-5, weight
- * decay 0.1 on the logits, clip 1, lr 5e-4 cosine to 5e-6), for callers that want them.
+ * The reference trainer settings (the defaults of `train --method maskllm`): only the logits
+ * train, with weight decay 0.1 on them (their params have `decay: true`).
  */
-export const recommendedTrainer: TrainerConfigInput = {
-  optimizer: { lr: 5e-4, beta1: 0.9, beta2: 0.95, eps: 1e-5, weightDecay: 0.1 },
+export const recipe: MethodRecipe = {
+  source:
+    'MaskLLM (Fang et al., NeurIPS 2024), official code NVlabs/MaskLLM: scripts/learnable_sparsity/llama2_7b_mask_only_tp8_c4.sh ' +
+    '(Adam betas 0.9/0.95, eps 1e-5, weight decay 0.1, clip 1.0, lr 5e-5 x lr-mult 10 = 5e-4 on the logits, cosine to 5e-6 x 10, 2,000 iterations, no warmup; SparseGPT prior, strength 3)',
+  lr: 5e-4,
+  steps: 300,
+  batchSize: 8,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.95, eps: 1e-5, weightDecay: 0.1 },
+  schedule: { type: 'cosine', warmupSteps: 0, minRatio: 0.1 },
   clipNorm: 1,
-  schedule: { type: 'cosine', minRatio: 0.01 },
+  notes:
+    'the reference runs 2,000 iterations of 256 x 4,096 tokens; here 300 steps of 8 x 128 tokens, with kappa, tau, the regularizer and the lr all scheduled relative to the step count',
 };
 
 export const configSchema = maskllmConfigSchema;
 export const summary = 'MaskLLM: learnable N:M (default 2:4) masks via Gumbel-softmax over candidate patterns, weights frozen';
 
-/** Registry entry; with prior 'activation' and a calibrationFile, calibrates before returning. */
+/** Registry entry; with a data-aware prior and a calibrationFile, calibrates before returning. */
 export async function createMethod(model: CausalLM, config: unknown): Promise<MaskllmMethod> {
   const method = new MaskllmMethod(model, config as never);
-  const { prior, calibrationFile, calibrationExamples, calibrationSeqLen } = method.config;
-  if (prior === 'activation' && calibrationFile) {
-    if (!model.tokenizer) throw new SparsetuneError('BAD_CONFIG', 'maskllm: the activation-aware prior needs a tokenizer to read calibrationFile');
+  const { calibrationFile, calibrationExamples, calibrationSeqLen } = method.config;
+  if (method.dataAwarePrior && calibrationFile) {
+    if (!model.tokenizer) throw new SparsetuneError('BAD_CONFIG', 'maskllm: a data-aware prior needs a tokenizer to read calibrationFile');
     const examples = await loadDataset(calibrationFile, model.tokenizer, { seqLen: calibrationSeqLen });
     await method.calibrate(examples.slice(0, calibrationExamples));
   }

@@ -1,5 +1,6 @@
 /**
- * N:M sparsity helpers and one-shot mask priors (magnitude, activation-aware "Wanda").
+ * N:M sparsity helpers and one-shot mask priors (magnitude, activation-aware "Wanda"), and the
+ * calibration statistics of the data-aware priors (input norms; input Gram matrices for SparseGPT).
  *
  * Every N:M routine works on the *row view* of a Linear weight: [out, in] row-major, so a
  * group is M consecutive input positions of one output row (the dimension summed in the
@@ -8,7 +9,7 @@
  */
 import { SparsetuneError } from '../errors.js';
 import { Graph, type Value } from '../engine/ir.js';
-import { mul, reduceSum } from '../engine/ops/index.js';
+import { matmul, mul, reduceSum, transposeLast2 } from '../engine/ops/index.js';
 import { collate, type TokenizedExample } from '../io/datasets.js';
 import { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite } from '../models/hooks.js';
@@ -127,8 +128,7 @@ export function isExactlyNM(view: Uint8Array, n: number, m: number): boolean {
 
 /**
  * L2 norm of every input feature of the given sites over calibration text: ||x_i|| summed
- * over all real (non-padding) tokens, from one forward graph whose linear hook outputs the
- * per-feature sums of squares of each site's input.
+ * over all real (non-padding) tokens (the Wanda statistic).
  */
 export async function inputActivationNorms(
   model: CausalLM,
@@ -136,7 +136,36 @@ export async function inputActivationNorms(
   examples: readonly TokenizedExample[],
   opts: { batchSize?: number } = {},
 ): Promise<Map<string, Float32Array>> {
-  if (examples.length === 0) throw new SparsetuneError('BAD_DATA', 'activation-aware prior: the calibration set is empty');
+  const sums = await calibrationSums(model, sites, examples, 'sumsq', opts);
+  return new Map([...sums].map(([name, acc]) => [name, Float32Array.from(acc, (v) => Math.sqrt(v))]));
+}
+
+/**
+ * The input Gram matrix H = Σ x·xᵀ of every given site over the real tokens of the
+ * calibration text ([in, in] row-major, float64): the layer-wise Hessian of SparseGPT.
+ */
+export async function inputGramMatrices(
+  model: CausalLM,
+  sites: LinearSite[],
+  examples: readonly TokenizedExample[],
+  opts: { batchSize?: number } = {},
+): Promise<Map<string, Float64Array>> {
+  return calibrationSums(model, sites, examples, 'gram', opts);
+}
+
+/**
+ * One forward graph over calibration examples whose linear hook records, per site, the
+ * per-feature sums of squares of its input ('sumsq', [in]) or its Gram matrix ('gram',
+ * [in, in]), padding excluded; sums accumulate in float64 over batches.
+ */
+async function calibrationSums(
+  model: CausalLM,
+  sites: LinearSite[],
+  examples: readonly TokenizedExample[],
+  stat: 'sumsq' | 'gram',
+  opts: { batchSize?: number },
+): Promise<Map<string, Float64Array>> {
+  if (examples.length === 0) throw new SparsetuneError('BAD_DATA', 'calibration (one-shot mask prior): the calibration set is empty');
   const wanted = new Set(sites.map((s) => s.name));
   const g = new Graph('calibration');
   const ids = g.input('input_ids', 'i64', ['batch', 'seq']);
@@ -150,7 +179,7 @@ export async function inputActivationNorms(
       if (wanted.has(site.name) && !recorded.has(site.name)) {
         if (x.rank !== 3) throw new SparsetuneError('BAD_GRAPH', `calibration: input of ${site.name} has rank ${x.rank}, expected [batch, seq, in]`);
         const xv = mul(x, valid);
-        recorded.set(site.name, reduceSum(mul(xv, xv), [0, 1]));
+        recorded.set(site.name, stat === 'sumsq' ? reduceSum(mul(xv, xv), [0, 1]) : reduceSum(matmul(transposeLast2(xv), xv), [0]));
       }
       return base(x);
     },
@@ -158,10 +187,10 @@ export async function inputActivationNorms(
   for (const s of sites) {
     const v = recorded.get(s.name);
     if (!v) throw new SparsetuneError('BAD_GRAPH', `calibration: site ${s.name} was never reached by the forward pass`);
-    g.output(`sumsq:${s.name}`, v);
+    g.output(`stat:${s.name}`, v);
   }
   const compiled = await model.runtime.compile(g);
-  const sums = new Map(sites.map((s) => [s.name, new Float64Array(s.inFeatures)]));
+  const sums = new Map(sites.map((s) => [s.name, new Float64Array(stat === 'sumsq' ? s.inFeatures : s.inFeatures * s.inFeatures)]));
   const bs = opts.batchSize ?? 8;
   const padId = model.tokenizer?.padId ?? 0;
   for (let i = 0; i < examples.length; i += bs) {
@@ -172,9 +201,9 @@ export async function inputActivationNorms(
     const out = await compiled.run(model.feeds(compiled, feeds));
     for (const s of sites) {
       const acc = sums.get(s.name)!;
-      const d = out[`sumsq:${s.name}`].data as Float32Array;
+      const d = out[`stat:${s.name}`].data as Float32Array;
       for (let k = 0; k < acc.length; k++) acc[k] += d[k];
     }
   }
-  return new Map([...sums].map(([name, acc]) => [name, Float32Array.from(acc, (v) => Math.sqrt(v))]));
+  return sums;
 }

@@ -17,7 +17,8 @@ import { newAdapter, type Adapter } from '../merge/types.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { GradMap, Method, Objective, StepContext, TrainableParam } from '../train/method.js';
-import { stepSeed, type TrainerConfigInput } from '../train/trainer.js';
+import type { MethodRecipe } from '../train/recipe.js';
+import { stepSeed } from '../train/trainer.js';
 import { initRng, paramValue, parseMethodConfig, selectSites } from '../adapters/common.js';
 import { gradientDropout } from './ramt-dropout.js';
 
@@ -153,12 +154,21 @@ export class RamtMethod implements Method {
 }
 
 /**
- * The reference optimizer settings (specs/ramt.md: Adam, lr 8e-5, no weight decay, cosine).
- * Masks flip after about (scoreInit - threshold)/lr steps: keep that ratio when rescaling.
+ * The reference trainer settings (the defaults of `train --method ramt`). Masks flip after
+ * about (scoreInit − threshold)/lr steps (62 here): keep that ratio when rescaling the lr.
  */
-export const recommendedTrainer: TrainerConfigInput = {
-  optimizer: { lr: 8e-5, weightDecay: 0 },
-  schedule: { type: 'cosine' },
+export const recipe: MethodRecipe = {
+  source:
+    'R-AMT (Zheng et al., ICCV 2023), official code wuw2019/R-AMT: configs/trainers/MASK/vit_b16.yaml + trainers/masktuning.py ' +
+    '(Adam lr 8e-5, betas 0.9/0.999, no weight decay, cosine to 0, no gradient clipping; scores 1e-2, threshold 5e-3, w_m 1e-4, lambda 1)',
+  lr: 8e-5,
+  steps: 300,
+  batchSize: 16,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 },
+  schedule: { type: 'cosine', warmupSteps: 0, minRatio: 0 },
+  clipNorm: 0,
+  notes:
+    'the reference trains 30 epochs of 16-shot data at batch 32 (a few hundred steps); no mask can flip before step (1e-2 − 5e-3)/8e-5 ≈ 62, whereas lr 1e-3 flips masks after ~5 steps',
 };
 
 export const configSchema = ramtConfigSchema;

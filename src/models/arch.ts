@@ -40,5 +40,5 @@ export interface Architecture<C extends ModelConfig = ModelConfig> {
   /** KV cache geometry per layer. */
   kvShape(cfg: C): { layers: number; kvHeads: number; headDim: number };
   /** Fix up checkpoint naming variants (e.g. GPT-2 without the `transformer.` prefix). */
-  normalizeWeights?(weights: Map<string, unknown>): void;
+  normalizeWeights?(weights: Map<string, unknown>, cfg: C): void;
 }

@@ -57,7 +57,7 @@ export class CausalLM {
     readonly runtime: Runtime = defaultRuntime(),
   ) {
     this.arch = architectureOf(config);
-    this.arch.normalizeWeights?.(weights as Map<string, unknown>);
+    this.arch.normalizeWeights?.(weights as Map<string, unknown>, config);
     // The same check a load from disk runs on the headers: names, float dtype, exact shapes.
     planWeights(config, [...weights].map(([name, t]) => ({ name, dtype: String(t.dtype).toUpperCase(), shape: t.shape })), source, 'the weights');
     this.siteList = this.arch.sites(config);

@@ -108,9 +108,25 @@ function forward(ctx: BuildContext, cfg: LlamaConfig, inp: ForwardInputs): Forwa
   return { logits, present, hidden };
 }
 
+/**
+ * Some tied checkpoints store the shared matrix only as `lm_head.weight` (e.g.
+ * tinystories-656K): it is the input embedding too, so it goes by that name here.
+ */
+function normalizeWeights(w: Map<string, unknown>, cfg: LlamaConfig): void {
+  if (cfg.tieWordEmbeddings && !w.has(TIED_NAME) && w.has(HEAD_ON_DISK)) {
+    w.set(TIED_NAME, w.get(HEAD_ON_DISK));
+    w.delete(HEAD_ON_DISK);
+  }
+}
+
+const TIED_NAME = 'model.embed_tokens.weight';
+/** The on-disk name of a tied matrix stored as the head only (see normalizeWeights). */
+export const HEAD_ON_DISK = 'lm_head.weight';
+
 export const llama: Architecture<LlamaConfig> = {
   sites,
   paramNames,
   forward,
   kvShape: (cfg) => ({ layers: cfg.numLayers, kvHeads: cfg.numKvHeads, headDim: cfg.headDim }),
+  normalizeWeights,
 };

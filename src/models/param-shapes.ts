@@ -116,7 +116,7 @@ function fmt(shape: readonly number[]): string {
 export function planWeights<E extends WeightEntry>(cfg: ModelConfig, entries: readonly E[], source: string, file = 'model.safetensors'): Map<string, E> {
   const byName = new Map<string, E>();
   for (const e of entries) byName.set(e.name, e);
-  architectureOf(cfg).normalizeWeights?.(byName as Map<string, unknown>);
+  architectureOf(cfg).normalizeWeights?.(byName as Map<string, unknown>, cfg);
 
   const { key, index } = layerNaming(cfg);
   let fileLayers = 0;

@@ -9,6 +9,7 @@ import type { Adapter, AdapterKind } from '../merge/types.js';
 import type { BuiltGraph, CausalLM } from '../models/causal-lm.js';
 import type { ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
+import type { TokenizedExample } from '../io/datasets.js';
 
 /** A JS-owned tensor the optimizer updates in place. */
 export interface TrainableParam {
@@ -67,8 +68,8 @@ export interface Method {
   evalFeeds?(ctx: StepContext): Record<string, HostTensor>;
   /** Rewrite raw gradients before clipping and the optimizer (gradient masks, dropout). */
   adjustGradients?(grads: GradMap, extra: Record<string, GradMap>, ctx: StepContext): void;
-  /** Called once before the first step. */
-  beforeTraining?(ctx: StepContext): void | Promise<void>;
+  /** Called once before the first step, with the training examples (e.g. for calibration). */
+  beforeTraining?(ctx: StepContext, train?: readonly TokenizedExample[]): void | Promise<void>;
   /** Called after each optimizer step (proximal steps, schedules, mask updates). */
   afterStep?(ctx: StepContext): void | Promise<void>;
   /** Optional multi-phase training (LT-SFT): return true to restart the trainer loop with a fresh optimizer. */

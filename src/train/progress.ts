@@ -71,19 +71,21 @@ export class ProgressBar {
   line(log: StepLog): string {
     const elapsed = (this.now() - this.startMs) / 1000;
     const doneHere = log.step - this.firstStep;
-    const eta = doneHere > 0 ? (elapsed / doneHere) * (this.total - log.step) : NaN;
+    const total = log.phaseSteps ?? this.total;
+    const eta = doneHere > 0 ? (elapsed / doneHere) * (total - log.step) : NaN;
     const phase = log.phase ? ` phase ${log.phase}` : '';
     const label = this.opts.label ? `${this.opts.label}${phase} ` : phase ? `${phase.trim()} ` : '';
-    return `${label}step ${log.step}/${this.total} loss ${log.loss.toFixed(4)} lr ${log.lr.toExponential(2)} ${formatRate(log.tokensPerSecond)} tok/s ETA ${formatDuration(eta)}`;
+    return `${label}step ${log.step}/${total} loss ${log.loss.toFixed(4)} lr ${log.lr.toExponential(2)} ${formatRate(log.tokensPerSecond)} tok/s ETA ${formatDuration(eta)}`;
   }
 
   /** Show a step. */
   update(log: StepLog): void {
     const text = this.line(log);
+    const total = log.phaseSteps ?? this.total;
     if (this.tty) {
       const width = Math.max(20, (this.stream.columns || 100) - 1);
       const barWidth = 20;
-      const filled = Math.round((barWidth * Math.min(log.step, this.total)) / Math.max(1, this.total));
+      const filled = Math.round((barWidth * Math.min(log.step, total)) / Math.max(1, total));
       const bar = `[${'#'.repeat(filled)}${'-'.repeat(barWidth - filled)}] `;
       const full = (bar + text).slice(0, width);
       // Pad over the previous line's tail; \r goes back to column 0 without a new line.
@@ -92,8 +94,8 @@ export class ProgressBar {
       this.open = true;
       return;
     }
-    const every = this.every || Math.max(1, Math.ceil(this.total / 20));
-    if (log.step % every === 0 || log.step === this.total || log.step === this.firstStep + 1) this.stream.write(`${text}\n`);
+    const every = this.every || Math.max(1, Math.ceil(total / 20));
+    if (log.step % every === 0 || log.step === total || log.step === this.firstStep + 1) this.stream.write(`${text}\n`);
   }
 
   /** Print a message on its own line (ends an open progress line first). */

@@ -14,6 +14,8 @@ export interface MethodRecipe {
   steps?: number;
   /** Multi-phase methods (LT-SFT): steps of each phase, in order. */
   phaseSteps?: number[];
+  /** Names of the phases in `phaseSteps` (for --help). */
+  phaseNames?: string[];
   batchSize?: number;
   optimizer?: { type?: 'adamw' | 'sgd'; beta1?: number; beta2?: number; eps?: number; weightDecay?: number; momentum?: number };
   schedule?: { type?: 'constant' | 'linear' | 'cosine'; warmupSteps?: number; minRatio?: number };
@@ -35,13 +37,14 @@ export const GENERIC_RECIPE: MethodRecipe = {
 };
 
 /** A recipe with every field the trainer needs filled in from GENERIC_RECIPE. */
-export function resolveRecipe(recipe: MethodRecipe | undefined): Required<Omit<MethodRecipe, 'notes' | 'phaseSteps'>> & { notes?: string; phaseSteps?: number[] } {
+export function resolveRecipe(recipe: MethodRecipe | undefined): Required<Omit<MethodRecipe, 'notes' | 'phaseSteps' | 'phaseNames'>> & { notes?: string; phaseSteps?: number[]; phaseNames?: string[] } {
   const r = recipe ?? GENERIC_RECIPE;
   return {
     source: r.source,
     lr: r.lr,
     steps: r.steps ?? GENERIC_RECIPE.steps!,
     ...(r.phaseSteps ? { phaseSteps: [...r.phaseSteps] } : {}),
+    ...(r.phaseNames ? { phaseNames: [...r.phaseNames] } : {}),
     batchSize: r.batchSize ?? GENERIC_RECIPE.batchSize!,
     optimizer: { ...GENERIC_RECIPE.optimizer, ...r.optimizer },
     schedule: { ...GENERIC_RECIPE.schedule, ...r.schedule },
@@ -74,8 +77,9 @@ export function recipeHelp(recipe: MethodRecipe | undefined): string[] {
     'Recipe (the defaults of `train` for this method; any flag overrides):',
     `  --lr ${r.lr}  ${r.phaseSteps ? `--phase-steps ${r.phaseSteps.join(',')}` : `--steps ${r.steps}`}  --batch-size ${r.batchSize}  --schedule ${s.type}  --warmup ${s.warmupSteps ?? 0}  --clip-norm ${r.clipNorm}`,
     `  optimizer ${opt}; schedule ${sched}`,
-    `  source: ${r.source}`,
   ];
+  if (r.phaseSteps) lines.push(`  steps per phase: ${r.phaseSteps.map((n, i) => `${r.phaseNames?.[i] ?? `phase ${i + 1}`} ${n}`).join(', ')} (--steps N instead runs N steps in every phase)`);
+  lines.push(`  source: ${r.source}`);
   if (r.notes) lines.push(`  note: ${r.notes}`);
   return lines;
 }

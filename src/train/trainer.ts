@@ -46,6 +46,8 @@ export interface StepLog {
   phase?: number;
   /** 1-based step counted over all phases. */
   globalStep?: number;
+  /** Optimizer steps of this phase (the `step` counter runs up to it). */
+  phaseSteps?: number;
   loss: number;
   lr: number;
   gradNorm: number;
@@ -292,7 +294,7 @@ export class Trainer {
     if (train.length === 0) throw new SparsetuneError('BAD_DATA', 'training set is empty');
     let { compiled, params, extraNames, metricNames, noise } = await this.compileObjective();
     const result: TrainResult = { steps: 0, history: [] };
-    await this.method.beforeTraining?.(this.ctx(this.cfg.optimizer.lr));
+    await this.method.beforeTraining?.(this.ctx(this.cfg.optimizer.lr), train);
     const resume = this.pendingResume;
     this.pendingResume = null;
     if (resume) {
@@ -382,6 +384,7 @@ export class Trainer {
           step: this.step + 1,
           phase: this.phase,
           globalStep: this.stepsBefore + this.step + 1,
+          phaseSteps: this.phaseTotal,
           loss: lossSum / this.cfg.gradAccum,
           lr,
           gradNorm,

@@ -53,9 +53,15 @@ export class BaseWeightsOnDisk {
     return new BaseWeightsOnDisk(dir, locations);
   }
 
-  /** The stored entry for an in-memory name (architectures may strip a `transformer.` prefix on load). */
+  /**
+   * The stored entry for an in-memory name (architectures may strip a `transformer.` prefix on
+   * load, and a tied Llama matrix stored only as `lm_head.weight` is loaded as the embedding).
+   */
   private locate(name: string): Location {
-    const hit = this.locations.get(name) ?? this.locations.get(name.replace(/^transformer\./, ''));
+    const hit =
+      this.locations.get(name) ??
+      this.locations.get(name.replace(/^transformer\./, '')) ??
+      (name === 'model.embed_tokens.weight' ? this.locations.get('lm_head.weight') : undefined);
     if (!hit) throw new SparsetuneError('NOT_FOUND', `${this.dir}: the weights on disk have no tensor "${name}"; is this the directory the model was loaded from?`);
     return hit;
   }

@@ -89,6 +89,20 @@ describe('selectTopKByDelta (global streaming top-K)', () => {
     }
   });
 
+  it("ties 'all' (the official |delta| >= threshold) takes every tie at the K-th value, but never an unchanged entry", () => {
+    const mk = (deltas: number[]): SelectionTensor => ({ name: 'a', current: Float32Array.from(deltas), reference: new Float32Array(deltas.length), mask: new Uint8Array(deltas.length) });
+    const t = mk([0.5, 0.25, 0.25, 0.25, 0.125, 0]);
+    expect(selectTopKByDelta([t], 2, { ties: 'all' })).toMatchObject({ picked: 4, tiesPicked: 3, threshold: 0.25 });
+    expect([...t.mask]).toEqual([1, 1, 1, 1, 0, 0]);
+    const first = mk([0.5, 0.25, 0.25, 0.25, 0.125, 0]);
+    expect(selectTopKByDelta([first], 2).picked).toBe(2);
+    expect([...first.mask]).toEqual([1, 1, 0, 0, 0, 0]);
+    // K beyond the changed entries: the zero threshold does not unmask the unchanged ones.
+    const z = mk([0.5, 0, 0, -0.25]);
+    expect(selectTopKByDelta([z], 3, { ties: 'all' }).picked).toBe(2);
+    expect([...z.mask]).toEqual([1, 0, 0, 1]);
+  });
+
   it('refuses k above the number of unselected entries', () => {
     const t: SelectionTensor = { name: 'a', current: new Float32Array(4), reference: new Float32Array(4), mask: Uint8Array.from([1, 0, 0, 0]) };
     expect(() => selectTopKByDelta([t], 4)).toThrow(/only 3 maskable entries/);
@@ -122,7 +136,47 @@ describe('LT-SFT config and maskable tensors', () => {
     expect(gnames.some((n) => n.includes('wpe') || n.includes('ln_') || n.endsWith('.bias'))).toBe(false);
   });
 
-  it('adds the L1 gradient lambda·sign(P − P0)/N in phase 1', async () => {
+  it('trains an untied head densely for task SFTs (rewound between phases, exported whole), never for language SFTs', async () => {
+    const model = await CausalLM.load(join(FIX, 'llama-gqa'));
+    const head = model.weights.get('lm_head.weight')!.data;
+    const h0 = head.slice();
+    const data = tokenData(4, 16, 10, model.vocabSize);
+    const lang = await trainSft(model, { purpose: 'language', count: 50 }, data, { steps: 2 });
+    expect(lang.method.head).toBeNull();
+    expect(sameBits(head, h0)).toBe(true);
+    const la = lang.method.export(model);
+    expect(la.additive.has('lm_head.weight')).toBe(false);
+
+    let afterPhase1: Float32Array | null = null;
+    const task = new LtSftMethod(model, { purpose: 'task', count: 50 });
+    expect(task.head?.name).toBe('lm_head.weight');
+    const trainer = new Trainer(model, task, { steps: 3, batchSize: 4, optimizer: { lr: 1e-2 }, seed: 3 }, {
+      onStep: (log) => {
+        if (log.phase === 1 && log.step === 1) afterPhase1 = head.slice();
+      },
+    });
+    const origNext = task.nextPhase.bind(task);
+    let rewound = false;
+    task.nextPhase = () => {
+      const r = origNext();
+      if (task.phase === 'sparse') rewound = sameBits(head, h0);
+      return r;
+    };
+    await trainer.train(data);
+    expect(rewound).toBe(true); // the head goes back to P0 with everything else
+    expect(afterPhase1).not.toBeNull();
+    const trained = head.slice();
+    let moved = 0;
+    for (let i = 0; i < head.length; i++) if (trained[i] !== h0[i]) moved++;
+    expect(moved).toBeGreaterThan(head.length / 2); // dense, not limited to K
+    const ta = task.export(model);
+    expect(sameBits(head, h0)).toBe(true);
+    const d = ta.additive.get('lm_head.weight')!;
+    expect(d.indices.length).toBe(moved);
+    expect(ta.meta.metrics.headEntries).toBe(moved);
+  });
+
+  it('adds the L1 gradient lambda·sign(P − P0)/N, N = all parameters', async () => {
     const model = await CausalLM.load(join(FIX, 'llama-mha-tied'));
     const m = new LtSftMethod(model, { l1: 0.5, count: 10 });
     const t = m.tensors[0];
@@ -131,10 +185,14 @@ describe('LT-SFT config and maskable tensors', () => {
     const grads = new Map(m.tensors.map((x) => [x.name, new Float32Array(x.data.length)]));
     m.adjustGradients(grads);
     const g = grads.get(t.name)!;
-    expect(g[0]).toBe(Math.fround(0.5 / m.maskableEntries));
-    expect(g[1]).toBe(Math.fround(-0.5 / m.maskableEntries));
+    // Normalised by every parameter of the model (norms included), as the official code.
+    const all = [...model.weights.values()].reduce((n, w) => n + w.data.length, 0);
+    expect(m.parameterCount).toBe(all);
+    expect(m.parameterCount).toBeGreaterThan(m.maskableEntries);
+    expect(g[0]).toBe(Math.fround(0.5 / all));
+    expect(g[1]).toBe(Math.fround(-0.5 / all));
     expect(g[2]).toBe(0);
-    expect(Math.abs(m.l1Distance() - 2 / m.maskableEntries)).toBeLessThan(1e-9); // float32 rounding of w ± 1
+    expect(Math.abs(m.l1Distance() - 2 / all)).toBeLessThan(1e-9); // float32 rounding of w ± 1
     m.restoreBase();
   });
 });

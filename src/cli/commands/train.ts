@@ -201,6 +201,7 @@ export async function run(argv: string[]): Promise<number | void> {
   const seqLenFlag = f.int('seq-len', { min: 2 });
 
   if (isZerothOrder(method)) {
+    if (f.has('phase-steps')) throw new UsageError('train', `--phase-steps applies to multi-phase methods (lt-sft); ${method} has one phase: use --steps`);
     const runZo = await loadOptional<(o: ZerothOrderTrainOptions) => Promise<unknown>>(optionalModules.zerothOrder, 'zeroth-order/cli.js', 'runZerothOrderTrain', `method ${method}`);
     const ret = await runZo({
       method: method as 'mezo' | 'sparse-mezo',
