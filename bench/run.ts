@@ -4,8 +4,9 @@
  * then joins their markdown tables into bench/results/README.md.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomicSync } from '../src/io/atomic.js';
 
 const root = join(import.meta.dirname, '..');
 const ALL = ['engine', 'models', 'methods', 'zeroth-order', 'merge', 'serve', 'composition', 'maskllm', 'outcomes'];
@@ -22,7 +23,7 @@ for (const name of ALL) {
   const md = join(root, 'bench', 'results', `${name}.md`);
   if (existsSync(md)) parts.push(readFileSync(md, 'utf8').trim(), '');
 }
-writeFileSync(join(root, 'bench', 'results', 'README.md'), parts.join('\n'));
+writeFileAtomicSync(join(root, 'bench', 'results', 'README.md'), parts.join('\n'));
 if (failed.length) {
   console.error(`benchmarks failed: ${failed.join(', ')}`);
   process.exit(1);

@@ -1,6 +1,7 @@
 /** Small helpers the benchmark scripts share: timing, results files, tables. */
-import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomicSync } from '../src/io/atomic.js';
 
 export const RESULTS = join(import.meta.dirname, 'results');
 
@@ -22,8 +23,7 @@ export function writeResults(name: string, json: unknown, markdown: string): voi
   mkdirSync(RESULTS, { recursive: true });
   for (const [ext, body] of [['json', JSON.stringify(json, null, 2)], ['md', markdown]] as const) {
     const file = join(RESULTS, `${name}.${ext}`);
-    writeFileSync(`${file}.tmp`, body);
-    renameSync(`${file}.tmp`, file);
+    writeFileAtomicSync(file, body);
   }
   console.log(markdown);
 }

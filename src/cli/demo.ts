@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { SparsetuneError } from '../errors.js';
 import { bundledModelPath } from '../io/model-dir.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { loadDataset, splitHoldout, type TokenizedExample } from '../io/datasets.js';
 import { CausalLM } from '../models/causal-lm.js';
 import { generateText } from '../models/generate.js';
@@ -20,7 +21,7 @@ import { fingerprintWeights } from '../merge/fingerprint.js';
 import type { Adapter } from '../merge/types.js';
 import { Trainer } from '../train/trainer.js';
 import { ProgressBar } from '../train/progress.js';
-import { readFileSync, writeFileSync, renameSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 
 const HELP = `sparsetune demo — train, compose and try two sparse adapters on the bundled model (offline)
 
@@ -139,8 +140,7 @@ export async function runDemo(argv: string[]): Promise<void> {
   summary.compare = table;
   summary.adapters = dirs;
   const summaryFile = join(out, 'demo-summary.json');
-  writeFileSync(`${summaryFile}.tmp`, JSON.stringify(summary, null, 2));
-  renameSync(`${summaryFile}.tmp`, summaryFile);
+  await writeFileAtomic(summaryFile, JSON.stringify(summary, null, 2));
   say(`\nDone in ${((performance.now() - t0) / 1000).toFixed(0)} s. Files:`);
   for (const d of Object.values(dirs)) say(`  ${d}/adapter.json, adapter.safetensors`);
   say('\nTry next:');

@@ -13,6 +13,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
+import { writeFileAtomic } from './atomic.js';
 
 const HUB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*\/[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -178,9 +179,7 @@ export async function downloadToCache(hubId: string, opts: ResolveOptions & { ca
   if (!/^[0-9a-f]{40}$/.test(revision)) {
     const refFile = path.join(repo, 'refs', revision);
     await fsp.mkdir(path.dirname(refFile), { recursive: true });
-    const tmp = `${refFile}.tmp-${randomBytes(4).toString('hex')}`;
-    await fsp.writeFile(tmp, info.sha);
-    await fsp.rename(tmp, refFile);
+    await writeFileAtomic(refFile, info.sha);
   }
   return final;
 }

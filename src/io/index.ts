@@ -1,5 +1,8 @@
 /** File formats and model plumbing: safetensors, HF configs and directories, hub cache, tokenizer, datasets. */
 export * from './half.js';
+export * from './atomic.js';
+export * from './dir-lock.js';
+export { crashPoint } from './crash-point.js';
 export * from './safetensors.js';
 export * from './safetensors-index.js';
 export * from './config.js';

@@ -6,11 +6,12 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import type { HostTensor } from '../tensor.js';
+import { writeDirAtomic } from './atomic.js';
 import { parseModelConfig, type ModelConfig } from './config.js';
+import { withDirLock } from './dir-lock.js';
 import { resolveModelDir, type ResolveOptions } from './hub.js';
 import { readSafetensors, readSafetensorsHeader, writeSafetensors, type SafetensorsEntry } from './safetensors.js';
 import { readShardedSafetensors, readShardedSafetensorsHeader } from './safetensors-index.js';
@@ -172,9 +173,9 @@ export async function loadModel(ref: string, opts: { weights?: boolean; planWeig
 }
 
 /**
- * Write a standard HF model directory. Everything is written into a sibling temp dir that
- * is renamed into place, so `outDir` is never half-written. A non-empty `outDir` is only
- * replaced with `overwrite: true`.
+ * Write a standard HF model directory atomically (`writeDirAtomic`, replace mode): `outDir`
+ * is never half-written, and holds the old model or the new one whatever happens. A
+ * non-empty `outDir` is only replaced with `overwrite: true`. Holds the directory's lock.
  */
 export async function writeModelDir(
   outDir: string,
@@ -182,42 +183,29 @@ export async function writeModelDir(
   opts: { overwrite?: boolean; dtypes?: Record<string, 'F32' | 'F16' | 'BF16'> } = {},
 ): Promise<void> {
   const target = path.resolve(outDir);
-  let existing: string[] | undefined;
-  try {
-    existing = await fsp.readdir(target);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new SparsetuneError('BAD_ARGUMENT', `${target}: exists and is not a readable directory`);
-    }
-  }
-  if (existing && existing.length > 0 && !opts.overwrite) {
-    throw new SparsetuneError('BAD_ARGUMENT', `${target} is not empty; choose another output directory or pass overwrite`);
-  }
-  await fsp.mkdir(path.dirname(target), { recursive: true });
-  const tmp = `${target}.tmp-${randomBytes(6).toString('hex')}`;
-  await fsp.mkdir(tmp);
-  try {
-    await fsp.writeFile(path.join(tmp, 'config.json'), `${JSON.stringify(m.configJson, null, 2)}\n`);
-    await writeSafetensors(path.join(tmp, 'model.safetensors'), m.weights, { metadata: { format: 'pt' }, dtypes: opts.dtypes });
-    if (m.tokenizerFrom) {
-      for (const f of TOKENIZER_FILES) {
-        const src = path.join(m.tokenizerFrom, f);
-        if (existsSync(src)) await fsp.copyFile(src, path.join(tmp, f));
+  await withDirLock(target, 'write model', async () => {
+    let existing: string[] | undefined;
+    try {
+      existing = await fsp.readdir(target);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new SparsetuneError('BAD_ARGUMENT', `${target}: exists and is not a readable directory`);
       }
     }
-    if (existing) {
-      // Move the old directory aside first so a failure leaves one of the two intact.
-      const old = `${target}.old-${randomBytes(6).toString('hex')}`;
-      await fsp.rename(target, old);
-      await fsp.rename(tmp, target);
-      await fsp.rm(old, { recursive: true, force: true });
-    } else {
-      await fsp.rename(tmp, target);
+    if (existing && existing.length > 0 && !opts.overwrite) {
+      throw new SparsetuneError('BAD_ARGUMENT', `${target} is not empty; choose another output directory or pass overwrite`);
     }
-  } catch (err) {
-    await fsp.rm(tmp, { recursive: true, force: true });
-    throw err;
-  }
+    await writeDirAtomic(target, async (tmp) => {
+      await fsp.writeFile(path.join(tmp, 'config.json'), `${JSON.stringify(m.configJson, null, 2)}\n`);
+      await writeSafetensors(path.join(tmp, 'model.safetensors'), m.weights, { metadata: { format: 'pt' }, dtypes: opts.dtypes });
+      if (m.tokenizerFrom) {
+        for (const f of TOKENIZER_FILES) {
+          const src = path.join(m.tokenizerFrom, f);
+          if (existsSync(src)) await fsp.copyFile(src, path.join(tmp, f));
+        }
+      }
+    });
+  });
 }
 
 /** Directory of this module: ESM builds and tsx have import.meta.url, the CJS bundle __dirname. */

@@ -7,11 +7,11 @@
  * than 2 GiB (or than a Node Buffer) work; the whole file is never held as one buffer.
  */
 import { promises as fsp } from 'node:fs';
-import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import { numel, type HostTensor } from '../tensor.js';
+import { writeFileAtomic } from './atomic.js';
+import { crashPoint } from './crash-point.js';
 import { decodeBF16, decodeF16, encodeBF16, encodeF16 } from './half.js';
 
 export { decodeF16, decodeBF16, encodeF16, encodeBF16 } from './half.js';
@@ -240,8 +240,8 @@ function payloadBytes(t: HostTensor, dtype: SafetensorsDType): Uint8Array {
 }
 
 /**
- * Write tensors to a safetensors file atomically (temp file in the same directory, then
- * rename). Tensors are stored in sorted-name order; the header is padded with spaces so
+ * Write tensors to a safetensors file atomically (`writeFileAtomic`: temp file in the same
+ * directory, fsync, rename). Tensors are stored in sorted-name order; the header is padded with spaces so
  * the data section starts 8-byte aligned. `dtypes` stores chosen f32 tensors as F16/BF16.
  */
 export async function writeSafetensors(
@@ -277,17 +277,9 @@ export async function writeSafetensors(
   new DataView(head.buffer).setBigUint64(0, BigInt(padded), true);
   head.set(json, 8);
 
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${randomBytes(6).toString('hex')}`);
-  const fh = await fsp.open(tmp, 'w');
-  try {
+  await writeFileAtomic(file, async (fh) => {
     await writeFully(fh, head);
+    crashPoint('safetensors:header', file);
     for (const p of plan) await writeFully(fh, payloadBytes(p.tensor, p.dtype));
-    await fh.sync();
-    await fh.close();
-    await fsp.rename(tmp, file);
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
+  });
 }

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { SparsetuneError } from '../errors.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { HostTensor } from '../tensor.js';
-import { fileSha256, writeDirAtomic } from './atomic-dir.js';
+import { fileSha256, settleDir, writeDirAtomic } from '../io/atomic.js';
 import { adapterJsonSchema, decodeAdapter, encodeAdapter, type AdapterJson } from './codec.js';
 import { importPeft, PEFT_CONFIG } from './peft.js';
 import { ADAPTER_FORMAT, type Adapter } from './types.js';
@@ -22,14 +22,16 @@ export const ADAPTER_JSON = 'adapter.json';
 export const ADAPTER_SAFETENSORS = 'adapter.safetensors';
 
 /**
- * Save `a` as an adapter directory. The files are written to a temp directory and renamed
- * into place, so a reader sees the old adapter or the new one, never a mix. `valueDtype`
+ * Save `a` as an adapter directory, atomically (`writeDirAtomic` in merge mode, manifest
+ * last): a reader, or a crash at any instant, sees the old adapter or the new one, never a
+ * mix; other files in the directory (a training run's metrics, checkpoints) stay. Holds the
+ * directory's lock, so a second process saving to the same directory fails fast. `valueDtype`
  * stores delta values and low-rank factors as F16/BF16 (halves the file; rounds them).
  */
 export async function saveAdapter(dir: string, a: Adapter, opts: { valueDtype?: 'F32' | 'F16' | 'BF16' } = {}): Promise<void> {
   validateAdapter(a, { source: `saveAdapter(${dir})`, fix: 'fix the adapter before saving it' });
   const { tensors, dtypes, json } = encodeAdapter(a, opts.valueDtype ?? 'F32');
-  await writeDirAtomic(dir, [ADAPTER_SAFETENSORS, ADAPTER_JSON], async (tmp) => {
+  await writeDirAtomic(dir, async (tmp) => {
     const file = path.join(tmp, ADAPTER_SAFETENSORS);
     await writeSafetensors(file, tensors, {
       metadata: { format: ADAPTER_FORMAT, method: a.meta.method, kind: a.meta.kind },
@@ -37,7 +39,7 @@ export async function saveAdapter(dir: string, a: Adapter, opts: { valueDtype?: 
     });
     const withSum: AdapterJson = { ...json, checksum: await fileSha256(file) };
     await fsp.writeFile(path.join(tmp, ADAPTER_JSON), `${JSON.stringify(withSum, null, 2)}\n`);
-  });
+  }, { mode: 'merge', order: [ADAPTER_SAFETENSORS, ADAPTER_JSON] });
 }
 
 /** The two adapter directory layouts: sparsetune's (adapter.json) and Hugging Face PEFT's (adapter_config.json). */
@@ -71,6 +73,22 @@ export interface LoadAdapterOptions {
  * index range is checked too.
  */
 export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): Promise<Adapter> {
+  // A save in progress is waited for, and one a crash interrupted after its commit is
+  // finished first (settleDir); a read that raced a writer is retried once.
+  await settleDir(dir);
+  try {
+    return await readAdapterDir(dir, opts);
+  } catch (err) {
+    if (!(err instanceof SparsetuneError && err.cause === CHECKSUM_MISMATCH)) throw err;
+    await settleDir(dir);
+    return readAdapterDir(dir, opts);
+  }
+}
+
+/** Cause of the error when adapter.safetensors does not match adapter.json's checksum. */
+const CHECKSUM_MISMATCH = 'checksum mismatch';
+
+async function readAdapterDir(dir: string, opts: LoadAdapterOptions): Promise<Adapter> {
   const jsonPath = path.join(dir, ADAPTER_JSON);
   const stPath = path.join(dir, ADAPTER_SAFETENSORS);
   const fix = 're-export the adapter, or restore the directory from a good copy';
@@ -103,7 +121,7 @@ export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): P
 
   if (json.checksum) {
     const actual = await fileSha256(stPath).catch((err: NodeJS.ErrnoException) => fail(stPath, `cannot read it (${err.code ?? err.message})`, err));
-    if (actual !== json.checksum) fail(stPath, `contents do not match the checksum in ${ADAPTER_JSON} (the file was modified, truncated or belongs to another export)`);
+    if (actual !== json.checksum) fail(stPath, `contents do not match the checksum in ${ADAPTER_JSON} (the file was modified, truncated or belongs to another export)`, CHECKSUM_MISMATCH);
   }
   let tensors: Map<string, HostTensor>;
   let metadata: Record<string, string>;

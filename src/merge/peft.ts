@@ -20,7 +20,7 @@ import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { patternValue } from '../models/targets.js';
 import type { HostTensor } from '../tensor.js';
 import { WeightPatcher } from './apply.js';
-import { writeDirAtomic } from './atomic-dir.js';
+import { writeDirAtomic } from '../io/atomic.js';
 import { PEFT_PREFIX } from './codec.js';
 import { biasParamOf, moduleOfWeight, newAdapter, type Adapter, type LowRankPair } from './types.js';
 import { validateAdapter } from './validate.js';
@@ -232,11 +232,11 @@ export async function exportPeft(adapter: Adapter, dir: string, opts: ExportPeft
     use_dora: false,
     use_rslora: rslora,
   };
-  await writeDirAtomic(dir, [PEFT_WEIGHTS, PEFT_CONFIG], async (tmp) => {
+  await writeDirAtomic(dir, async (tmp) => {
     await writeSafetensors(path.join(tmp, PEFT_WEIGHTS), sortedByName(tensors), { metadata: { format: 'pt' }, dtypes });
     // PEFT writes json.dumps(indent=2, sort_keys=True); the keys above are in that order.
     await fsp.writeFile(path.join(tmp, PEFT_CONFIG), JSON.stringify(peftConfig, null, 2));
-  });
+  }, { mode: 'merge', order: [PEFT_WEIGHTS, PEFT_CONFIG] });
 }
 
 /**

@@ -5,8 +5,8 @@
  */
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { SparsetuneError } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { ADAPTER_JSON, loadAdapter } from '../merge/adapter.js';
 import type { Adapter } from '../merge/types.js';
 import { adapterStats, type AdapterStats } from './adapter-stats.js';
@@ -40,18 +40,6 @@ export interface ReportResult {
   metrics?: { data: RunMetrics; summary: RunSummary };
   stats?: AdapterStats;
   notes: string[];
-}
-
-/** Write `text` to `file` through a temp file in the same directory and a rename. */
-async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
-  try {
-    await fsp.writeFile(tmp, text);
-    await fsp.rename(tmp, file);
-  } catch (err) {
-    await fsp.rm(tmp, { force: true });
-    throw err;
-  }
 }
 
 function findAdapterDir(runDir: string): string | undefined {

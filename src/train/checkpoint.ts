@@ -11,7 +11,8 @@ import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { TokenizedExample } from '../io/datasets.js';
-import { writeDirAtomic } from '../merge/atomic-dir.js';
+import { removeDirAtomic, settleDir, sweepDir, writeDirAtomic } from '../io/atomic.js';
+import { crashPoint } from '../io/crash-point.js';
 import type { HostTensor } from '../tensor.js';
 import { trainerConfigSchema, type TrainerState } from './trainer.js';
 
@@ -162,7 +163,7 @@ export async function saveCheckpoint(dir: string, state: TrainerState, meta: Che
     initialEval: state.initialEval,
     meta,
   };
-  await writeDirAtomic(dir, [CHECKPOINT_TENSORS, CHECKPOINT_JSON], async (tmp) => {
+  await writeDirAtomic(dir, async (tmp) => {
     await writeSafetensors(path.join(tmp, CHECKPOINT_TENSORS), tensors, { metadata: { format: CHECKPOINT_FORMAT } });
     await fsp.writeFile(path.join(tmp, CHECKPOINT_JSON), `${JSON.stringify(json)}\n`);
   });
@@ -170,6 +171,7 @@ export async function saveCheckpoint(dir: string, state: TrainerState, meta: Che
 
 /** Read and validate a checkpoint directory. */
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+  await settleDir(dir);
   const jsonFile = path.join(dir, CHECKPOINT_JSON);
   let raw: unknown;
   try {
@@ -254,16 +256,23 @@ export class CheckpointManager {
 
   /** The newest checkpoint, or null when there is none. */
   async latest(): Promise<Checkpoint | null> {
+    await sweepDir(this.root);
     const all = await this.list();
     return all.length ? loadCheckpoint(all[all.length - 1].dir) : null;
   }
 
-  /** Save the state as the checkpoint of its global step, then prune old ones. */
+  /**
+   * Save the state as the checkpoint of its global step, then prune old ones. A crash at any
+   * point leaves the previous checkpoints or the new one complete; leftovers of a crashed
+   * save or prune are cleaned on the next save.
+   */
   async save(state: TrainerState, meta: CheckpointMeta): Promise<string> {
     const dir = this.dirFor(state.stepsBefore + state.step);
+    await sweepDir(this.root);
     await saveCheckpoint(dir, state, meta);
+    crashPoint('checkpoint:pruning', dir);
     const all = await this.list();
-    for (const old of all.slice(0, Math.max(0, all.length - this.keep))) await fsp.rm(old.dir, { recursive: true, force: true });
+    for (const old of all.slice(0, Math.max(0, all.length - this.keep))) await removeDirAtomic(old.dir);
     return dir;
   }
 }

@@ -6,7 +6,7 @@
  */
 import { appendFileSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { writeFileAtomic } from '../io/atomic.js';
 import type { EvalKind, EvalResult, StepLog } from './trainer.js';
 
 export interface TrainMetricsLine {
@@ -43,7 +43,7 @@ export class MetricsWriter {
   /**
    * Open `file` for appending. With `keepUpToStep`, existing lines whose step is greater
    * are dropped, and so are `final` evaluations (the run they ended goes on); the file is
-   * rewritten through a temp file + rename. Without it the file starts empty.
+   * rewritten atomically (`writeFileAtomic`). Without it the file starts empty.
    */
   static async open(file: string, opts: { keepUpToStep?: number } = {}): Promise<MetricsWriter> {
     await fsp.mkdir(path.dirname(file), { recursive: true });
@@ -63,9 +63,7 @@ export class MetricsWriter {
         }
       }
     }
-    const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
-    await fsp.writeFile(tmp, kept);
-    await fsp.rename(tmp, file);
+    await writeFileAtomic(file, kept);
     return new MetricsWriter(file);
   }
 

@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import { SparsetuneError } from '../errors.js';
 import { splitHoldout, type TokenizedExample } from '../io/datasets.js';
+import { withDirLock } from '../io/dir-lock.js';
 import { fingerprintWeights } from '../merge/fingerprint.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { CheckpointManager, hashExamples, loadCheckpoint, type Checkpoint, type CheckpointMeta } from './checkpoint.js';
@@ -86,8 +87,16 @@ export function trainEvalSplit(
   return { train: split.train, evalSet: split.eval };
 }
 
-/** Train with metrics, checkpoints, early stopping and progress. */
+/**
+ * Train with metrics, checkpoints, early stopping and progress. With `outDir`, the run holds
+ * that directory's lock (see io/dir-lock.ts): a second run on the same directory fails fast
+ * with CONFLICT naming this one.
+ */
 export async function runTraining(opts: RunTrainingOptions): Promise<RunTrainingResult> {
+  return opts.outDir ? withDirLock(opts.outDir, 'train', () => runLocked(opts)) : runLocked(opts);
+}
+
+async function runLocked(opts: RunTrainingOptions): Promise<RunTrainingResult> {
   const { model, method } = opts;
   const { train, evalSet } = trainEvalSplit(opts.train, opts.eval, opts.holdout, opts.trainer.seed);
   if (opts.earlyStopping && !evalSet?.length) {

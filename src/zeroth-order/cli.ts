@@ -11,6 +11,7 @@ import type { ZerothOrderTrainOptions } from '../cli/commands/train.js';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { SparsetuneError } from '../errors.js';
+import { withDirLock } from '../io/dir-lock.js';
 import { loadDataset, type TokenizedExample } from '../io/datasets.js';
 import { bundledModelPath } from '../io/model-dir.js';
 import { CausalLM } from '../models/causal-lm.js';
@@ -110,6 +111,11 @@ export async function runZerothOrderTrain(opts: ZerothOrderCliOptions): Promise<
     throw new SparsetuneError('BAD_ARGUMENT', `--resume is not supported for ${opts.method}: a zeroth-order run is cheap to restart, and its trajectory.json already replays it (replayOnBase); drop --resume`);
   }
   const settings = runSettings(opts);
+  // The run holds --out's lock: a second run on the same directory fails fast, naming this one.
+  return withDirLock(opts.out, `sparsetune train --method ${opts.method}`, () => trainLocked(opts, settings));
+}
+
+async function trainLocked(opts: ZerothOrderCliOptions, settings: ReturnType<typeof runSettings>): Promise<ZoRunResult> {
   const overwrite = opts.argv.includes('--overwrite');
   const progressEvery = numberFlag(opts.argv, 'progress-every');
   await prepareOut(opts.out, overwrite);

@@ -8,11 +8,10 @@
  * read as generator 'philox', the only one there was, so they still replay bit for bit.
  * JSON numbers round-trip float64 exactly, so a saved g replays to the same bits.
  */
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { zoConfigSchema, type ZoConfig } from './config.js';
 import type { ZoStepRecord } from './mezo.js';
 import { DEFAULT_NOISE_GENERATOR } from './rng.js';
@@ -63,7 +62,7 @@ function parseTrajectoryFile(json: unknown) {
   return isFormatOne ? formatOneFileSchema.safeParse(json) : currentFileSchema.safeParse(json);
 }
 
-/** Writes a trajectory file atomically (temp file in the same directory, fsync, rename). */
+/** Writes a trajectory file atomically (`writeFileAtomic`: temp file in the same directory, fsync, rename). */
 export async function saveTrajectory(path: string, config: ZoConfig, steps: readonly ZoStepRecord[]): Promise<void> {
   const file: ZoTrajectoryFile = {
     format: ZO_TRAJECTORY_FORMAT,
@@ -76,18 +75,9 @@ export async function saveTrajectory(path: string, config: ZoConfig, steps: read
   if (!checked.success) {
     throw new SparsetuneError('BAD_ARGUMENT', `Refusing to save an invalid trajectory: ${formatIssues(checked.error)}.`);
   }
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   try {
-    const handle = await open(tmp, 'w');
-    try {
-      await handle.writeFile(JSON.stringify(file) + '\n', 'utf8');
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, path);
+    await writeFileAtomic(path, JSON.stringify(file) + '\n');
   } catch (err) {
-    await unlink(tmp).catch(() => undefined);
     throw new SparsetuneError('RUNTIME', `Could not write trajectory file ${path}: ${(err as Error).message}`, { cause: err });
   }
 }

@@ -78,7 +78,9 @@ describe('runtime errors exit with 1, before any training step, without a stack 
     writeFileSync(typo, JSON.stringify({ rank: 4 }));
     writeFileSync(targets, JSON.stringify({ targetModules: ['no_such_proj'] }));
     writeFileSync(badData, `${JSON.stringify({ text: 'fine' })}\n{"txt": 3}\n`);
-    const train = (extra: string[], env?: Record<string, string>) => cli(['train', '--method', 'lora', '--out', join(tmp, 'o'), '--steps', '2', ...extra], { env });
+    // One --out each: runs sharing an --out would (rightly) be refused by its lock.
+    let outs = 0;
+    const train = (extra: string[], env?: Record<string, string>) => cli(['train', '--method', 'lora', '--out', join(tmp, `o${outs++}`), '--steps', '2', ...extra], { env });
     const [schema, unknownKey, modules, data, debug] = await Promise.all([
       train(['--data', goodData, '--config', badSchema]),
       train(['--data', goodData, '--config', typo]),

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensors, writeSafetensors } from '../../src/io/safetensors.js';
 import { loadAdapter, saveAdapter, type Adapter } from '../../src/merge/adapter.js';
-import { fileSha256 } from '../../src/merge/atomic-dir.js';
+import { fileSha256 } from '../../src/io/atomic.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
 import { exportPeft, importPeft } from '../../src/merge/peft.js';
 import type { HostTensor } from '../../src/tensor.js';

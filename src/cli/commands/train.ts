@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import type { z } from 'zod';
 import { SparsetuneError } from '../../errors.js';
 import { loadDataset, type TokenizedExample } from '../../io/datasets.js';
+import { withDirLock } from '../../io/dir-lock.js';
 import { saveAdapter, ADAPTER_JSON, ADAPTER_SAFETENSORS } from '../../merge/adapter.js';
 import { fingerprintWeights } from '../../merge/fingerprint.js';
 import { exportPeft, PEFT_CONFIG, PEFT_WEIGHTS } from '../../merge/peft.js';
@@ -241,88 +242,91 @@ export async function run(argv: string[]): Promise<number | void> {
 
   const withSeed = schemaHasField(mod.configSchema, 'seed') && rawConfig.seed === undefined ? { ...rawConfig, seed: trainer.seed } : rawConfig;
   const methodConfig = validateMethodConfig(method, mod.configSchema, withSeed, cfgPath ?? 'config');
-  await prepareOutDir(out, f.bool('resume'), f.bool('overwrite'));
+  // From here on the run holds --out's lock: a second run on the same directory fails fast, naming this one.
+  return withDirLock(out, 'sparsetune train', async () => {
+    await prepareOutDir(out, f.bool('resume'), f.bool('overwrite'));
 
-  const model = await loadCliModel(f.str('model'), log);
-  const maxPos = model.config.maxPositionEmbeddings;
-  const seqLen = seqLenFlag ?? Math.min(128, maxPos);
-  if (seqLen > maxPos) throw new UsageError('train', `--seq-len ${seqLen} exceeds the model's max_position_embeddings (${maxPos}); use --seq-len ${maxPos} or less`);
-  const baseFingerprint = fingerprintWeights(model.weights);
+    const model = await loadCliModel(f.str('model'), log);
+    const maxPos = model.config.maxPositionEmbeddings;
+    const seqLen = seqLenFlag ?? Math.min(128, maxPos);
+    if (seqLen > maxPos) throw new UsageError('train', `--seq-len ${seqLen} exceeds the model's max_position_embeddings (${maxPos}); use --seq-len ${maxPos} or less`);
+    const baseFingerprint = fingerprintWeights(model.weights);
 
-  log(`tokenizing ${data}`);
-  const trainSet = await loadData(model, data, seqLen);
-  const evalSet = evalFile ? await loadData(model, evalFile, seqLen) : undefined;
-  const m = await mod.createMethod(model, methodConfig);
-  log(`method ${method}: ${formatTrainableParameters(trainableParameters(model, m))}; ${trainSet.length} examples of <= ${seqLen} tokens in ${data}`);
+    log(`tokenizing ${data}`);
+    const trainSet = await loadData(model, data, seqLen);
+    const evalSet = evalFile ? await loadData(model, evalFile, seqLen) : undefined;
+    const m = await mod.createMethod(model, methodConfig);
+    log(`method ${method}: ${formatTrainableParameters(trainableParameters(model, m))}; ${trainSet.length} examples of <= ${seqLen} tokens in ${data}`);
 
-  // Accuracy runs the method unfused in its eval form; one hooks object keeps one compiled graph.
-  const classify = f.bool('classify') ? await readLabelledRows(evalFile!) : null;
-  const labels = classify ? candidateLabels(classify, labelsFlag) : [];
-  const evalHooks = classify ? m.hooks('eval') : undefined;
-  const scoreAccuracy = () => accuracy(model, classify!, labels, { hooks: evalHooks, extraFeeds: methodEvalFeeds(m, model, trainer.seed) });
-  const accBefore = classify && !f.bool('resume') ? await scoreAccuracy() : undefined;
-  if (accBefore) log(`accuracy before: ${accBefore.correct}/${accBefore.total}`);
+    // Accuracy runs the method unfused in its eval form; one hooks object keeps one compiled graph.
+    const classify = f.bool('classify') ? await readLabelledRows(evalFile!) : null;
+    const labels = classify ? candidateLabels(classify, labelsFlag) : [];
+    const evalHooks = classify ? m.hooks('eval') : undefined;
+    const scoreAccuracy = () => accuracy(model, classify!, labels, { hooks: evalHooks, extraFeeds: methodEvalFeeds(m, model, trainer.seed) });
+    const accBefore = classify && !f.bool('resume') ? await scoreAccuracy() : undefined;
+    if (accBefore) log(`accuracy before: ${accBefore.correct}/${accBefore.total}`);
 
-  const stop = new AbortController();
-  const onSigint = () => {
-    log('\ninterrupted: finishing this step and saving a checkpoint (press Ctrl-C again to quit now)');
-    stop.abort();
-  };
-  process.once('SIGINT', onSigint);
-  let res: RunTrainingResult;
-  try {
-    res = await runTraining({
-      model,
-      method: m,
-      trainer,
-      train: trainSet,
-      eval: evalSet,
-      holdout,
-      outDir: out,
-      checkpointEvery,
-      keepCheckpoints: keep,
-      resume: f.bool('resume'),
-      earlyStopping: patience === undefined ? undefined : { patience, minDelta: f.num('min-delta', { min: 0 }, 0)! },
-      progress: trainingProgress(f.bool('quiet'), progressEvery),
-      baseFingerprint,
-      signal: stop.signal,
-    });
-  } finally {
-    process.removeListener('SIGINT', onSigint);
-  }
+    const stop = new AbortController();
+    const onSigint = () => {
+      log('\ninterrupted: finishing this step and saving a checkpoint (press Ctrl-C again to quit now)');
+      stop.abort();
+    };
+    process.once('SIGINT', onSigint);
+    let res: RunTrainingResult;
+    try {
+      res = await runTraining({
+        model,
+        method: m,
+        trainer,
+        train: trainSet,
+        eval: evalSet,
+        holdout,
+        outDir: out,
+        checkpointEvery,
+        keepCheckpoints: keep,
+        resume: f.bool('resume'),
+        earlyStopping: patience === undefined ? undefined : { patience, minDelta: f.num('min-delta', { min: 0 }, 0)! },
+        progress: trainingProgress(f.bool('quiet'), progressEvery),
+        baseFingerprint,
+        signal: stop.signal,
+      });
+    } finally {
+      process.removeListener('SIGINT', onSigint);
+    }
 
-  const accAfter = classify ? await scoreAccuracy() : undefined;
-  const adapter = await m.export(model);
-  if (!adapter.meta.base.model) adapter.meta.base.model = modelRef(f.str('model'));
-  if (!adapter.meta.base.fingerprint) adapter.meta.base.fingerprint = baseFingerprint;
-  const lastTrain = res.history[res.history.length - 1];
-  adapter.meta.metrics = {
-    ...adapter.meta.metrics,
-    steps: res.steps,
-    ...(res.initialEval ? { evalLossBefore: res.initialEval.loss } : {}),
-    ...(res.finalEval ? { evalLossAfter: res.finalEval.loss, evalPplAfter: res.finalEval.ppl } : {}),
-    ...(lastTrain ? { trainLossLast: lastTrain.loss } : {}),
-    ...(res.stoppedEarly ? { stoppedEarly: res.stoppedEarly } : {}),
-    ...(accAfter ? { accuracyAfter: accAfter.accuracy } : {}),
-    ...(accBefore ? { accuracyBefore: accBefore.accuracy } : {}),
-  };
-  if (format === 'peft') await exportPeft(adapter, out, { base: model.weights });
-  else await saveAdapter(out, adapter);
+    const accAfter = classify ? await scoreAccuracy() : undefined;
+    const adapter = await m.export(model);
+    if (!adapter.meta.base.model) adapter.meta.base.model = modelRef(f.str('model'));
+    if (!adapter.meta.base.fingerprint) adapter.meta.base.fingerprint = baseFingerprint;
+    const lastTrain = res.history[res.history.length - 1];
+    adapter.meta.metrics = {
+      ...adapter.meta.metrics,
+      steps: res.steps,
+      ...(res.initialEval ? { evalLossBefore: res.initialEval.loss } : {}),
+      ...(res.finalEval ? { evalLossAfter: res.finalEval.loss, evalPplAfter: res.finalEval.ppl } : {}),
+      ...(lastTrain ? { trainLossLast: lastTrain.loss } : {}),
+      ...(res.stoppedEarly ? { stoppedEarly: res.stoppedEarly } : {}),
+      ...(accAfter ? { accuracyAfter: accAfter.accuracy } : {}),
+      ...(accBefore ? { accuracyBefore: accBefore.accuracy } : {}),
+    };
+    if (format === 'peft') await exportPeft(adapter, out, { base: model.weights });
+    else await saveAdapter(out, adapter);
 
-  const lines: string[] = [];
-  if (res.resumedFrom !== undefined) lines.push(`resumed from step ${res.resumedFrom}`);
-  if (res.evalSet?.length) {
-    lines.push(`eval loss before: ${fmtEval(res.initialEval)}`);
-    lines.push(`eval loss after:  ${fmtEval(res.finalEval)}`);
-  } else if (res.history.length) {
-    lines.push(`train loss first step: ${res.history[0].loss.toFixed(4)}`);
-    lines.push(`train loss last step:  ${lastTrain.loss.toFixed(4)}`);
-  }
-  if (accBefore) lines.push(`accuracy before:  ${(100 * accBefore.accuracy).toFixed(1)}% (${accBefore.correct}/${accBefore.total})`);
-  if (accAfter) lines.push(`accuracy after:   ${(100 * accAfter.accuracy).toFixed(1)}% (${accAfter.correct}/${accAfter.total})`);
-  if (res.stoppedEarly) lines.push(`stopped after ${res.steps} steps: ${res.stoppedEarly}${res.stoppedEarly === 'interrupted' ? ' (continue with --resume)' : ''}`);
-  const [manifest, tensors] = format === 'peft' ? [PEFT_CONFIG, PEFT_WEIGHTS] : [ADAPTER_JSON, ADAPTER_SAFETENSORS];
-  lines.push(`saved ${path.join(out, manifest)} and ${tensors} (${adapter.meta.method}, ${format === 'peft' ? 'PEFT LoRA' : adapter.meta.kind}); metrics in ${path.join(out, METRICS_FILE)}`);
-  process.stdout.write(`${lines.join('\n')}\n`);
-  return res.stoppedEarly === 'interrupted' ? 130 : 0;
+    const lines: string[] = [];
+    if (res.resumedFrom !== undefined) lines.push(`resumed from step ${res.resumedFrom}`);
+    if (res.evalSet?.length) {
+      lines.push(`eval loss before: ${fmtEval(res.initialEval)}`);
+      lines.push(`eval loss after:  ${fmtEval(res.finalEval)}`);
+    } else if (res.history.length) {
+      lines.push(`train loss first step: ${res.history[0].loss.toFixed(4)}`);
+      lines.push(`train loss last step:  ${lastTrain.loss.toFixed(4)}`);
+    }
+    if (accBefore) lines.push(`accuracy before:  ${(100 * accBefore.accuracy).toFixed(1)}% (${accBefore.correct}/${accBefore.total})`);
+    if (accAfter) lines.push(`accuracy after:   ${(100 * accAfter.accuracy).toFixed(1)}% (${accAfter.correct}/${accAfter.total})`);
+    if (res.stoppedEarly) lines.push(`stopped after ${res.steps} steps: ${res.stoppedEarly}${res.stoppedEarly === 'interrupted' ? ' (continue with --resume)' : ''}`);
+    const [manifest, tensors] = format === 'peft' ? [PEFT_CONFIG, PEFT_WEIGHTS] : [ADAPTER_JSON, ADAPTER_SAFETENSORS];
+    lines.push(`saved ${path.join(out, manifest)} and ${tensors} (${adapter.meta.method}, ${format === 'peft' ? 'PEFT LoRA' : adapter.meta.kind}); metrics in ${path.join(out, METRICS_FILE)}`);
+    process.stdout.write(`${lines.join('\n')}\n`);
+    return res.stoppedEarly === 'interrupted' ? 130 : 0;
+  });
 }
