@@ -5,6 +5,7 @@
  * MoSA) exports `adapterHooks(model, adapter)` from its registry module, and then its
  * hooks and feeds are used instead.
  */
+import { resolveAdapterDir } from '../io/hub.js';
 import { bundledModelPath } from '../io/model-dir.js';
 import { CausalLM } from '../models/causal-lm.js';
 import { composeHooks, type ModelHooks } from '../models/hooks.js';
@@ -15,6 +16,7 @@ import type { Adapter } from '../merge/types.js';
 import { METHOD_NAMES, methodModule } from '../train/registry.js';
 import type { HostTensor } from '../tensor.js';
 import type { FlagSpec } from './args.js';
+import { downloadProgress } from './output.js';
 
 /** Optional export of a method module: run an adapter as hooks instead of fusing it. */
 export type AdapterHooksFn = (
@@ -26,9 +28,9 @@ export type AdapterHooksFn = (
 export type Log = (line: string) => void;
 
 /** `--model` of the commands that load a model (its default is `modelRef`'s fallback). */
-export const MODEL_FLAG: FlagSpec = { type: 'string', value: 'M', description: 'model directory or hub id', default: 'bundled stories260K' };
+export const MODEL_FLAG: FlagSpec = { type: 'string', value: 'M', description: 'model directory or hub id (org/name, via the HF cache)', default: 'bundled stories260K' };
 /** `--adapter` of the inference commands (eval, logits, generate). */
-export const APPLY_ADAPTER_FLAG: FlagSpec = { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to apply, sparsetune or PEFT LoRA (repeat to combine)' };
+export const APPLY_ADAPTER_FLAG: FlagSpec = { type: 'string', value: 'DIR', multiple: true, description: 'adapter to apply: a directory (sparsetune or PEFT LoRA) or a hub id (repeat to combine)' };
 /** `--force` of the inference commands: skip the base-fingerprint check. */
 export const FORCE_FLAG: FlagSpec = { type: 'boolean', description: 'apply adapters even if trained on other base weights' };
 
@@ -37,11 +39,16 @@ export function modelRef(flag: string | undefined): string {
   return flag ?? bundledModelPath();
 }
 
-/** Load a model dir or hub id, saying so on the log. */
+/** Load a model dir or hub id (downloaded into the HF cache with a progress display), saying so on the log. */
 export async function loadCliModel(ref: string | undefined, log: Log): Promise<CausalLM> {
   const r = modelRef(ref);
   log(`loading model ${r}`);
-  return CausalLM.load(r);
+  return CausalLM.load(r, { progressCallback: downloadProgress() });
+}
+
+/** The local directory of an `--adapter`: a directory, or a hub id fetched into the HF cache. */
+export function resolveCliAdapter(ref: string): Promise<string> {
+  return resolveAdapterDir(ref, { progressCallback: downloadProgress() });
 }
 
 export interface AppliedAdapters {
@@ -78,7 +85,7 @@ export async function applyAdapters(model: CausalLM, dirs: readonly string[], op
   const unfusedDirs: string[] = [];
   // Load every adapter before fusing any: PEFT directories that save whole modules are read
   // as deltas against the pristine base weights.
-  for (const dir of dirs) adapters.push(await loadAdapter(dir, { shapes, base: model.weights }));
+  for (const dir of dirs) adapters.push(await loadAdapter(await resolveCliAdapter(dir), { shapes, base: model.weights }));
   for (const [k, dir] of dirs.entries()) {
     const adapter = adapters[k];
     if (opts.force && !checkFingerprint(adapter, baseFingerprint, { force: true })) {

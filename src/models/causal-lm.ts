@@ -9,6 +9,7 @@ import { crossEntropy, linear } from '../engine/nn.js';
 import { gemm, reshape } from '../engine/ops/index.js';
 import { defaultRuntime, type CompiledGraph, type Runtime } from '../engine/runtime.js';
 import { isNoiseInput } from '../engine/noise.js';
+import type { ResolveOptions } from '../io/hub.js';
 import { loadModel, type GenerationDefaults, type LoadedModel } from '../io/model-dir.js';
 import type { ModelConfig } from '../io/config.js';
 import type { Tokenizer } from '../io/tokenizer.js';
@@ -63,9 +64,10 @@ export class CausalLM {
     this.siteList = this.arch.sites(config);
   }
 
-  /** Load a HF model directory or a hub id from the local cache. */
-  static async load(ref: string, opts: { runtime?: Runtime } = {}): Promise<CausalLM> {
-    return CausalLM.fromLoaded(await loadModel(ref, { planWeights }), opts.runtime);
+  /** Load a HF model directory or a hub id (cached, or downloaded unless offline; `progressCallback` reports the download). */
+  static async load(ref: string, opts: { runtime?: Runtime } & ResolveOptions = {}): Promise<CausalLM> {
+    const { runtime, ...resolve } = opts;
+    return CausalLM.fromLoaded(await loadModel(ref, { planWeights, ...resolve }), runtime);
   }
 
   static fromLoaded(m: LoadedModel, runtime?: Runtime): CausalLM {

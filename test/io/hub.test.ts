@@ -1,10 +1,10 @@
-import { createServer, type Server } from 'node:http';
-import { promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp, readFileSync, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { cacheRepoDir, findCachedSnapshot, hubCacheDir, isHubId, resolveModelDir } from '../../src/io/hub.js';
+import { cacheRepoDir, findCachedSnapshot, hubCacheDir, isHubId, resolveModelDir, type DownloadProgress } from '../../src/io/hub.js';
 import { loadModel } from '../../src/io/model-dir.js';
+import { etagOf, FakeHub, repoFromDir } from './fake-hub.js';
 
 const SHA_A = 'a'.repeat(40);
 const SHA_B = 'b'.repeat(40);
@@ -73,74 +73,71 @@ describe('hub cache resolution', () => {
   });
 });
 
-describe('downloading (local fake hub over HTTP)', () => {
-  let server: Server;
-  let hits: string[];
+describe('downloading through @huggingface/hub (a fake hub on loopback)', () => {
+  const hub = new FakeHub();
+  const FILES = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'];
   beforeAll(async () => {
-    hits = [];
-    server = createServer(async (req, res) => {
-      const url = req.url ?? '';
-      hits.push(url);
-      if (url === '/api/models/org/remote/revision/main') {
-        res.setHeader('content-type', 'application/json');
-        res.end(JSON.stringify({ sha: SHA_B, siblings: ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors', 'README.md'].map((rfilename) => ({ rfilename })) }));
-        return;
-      }
-      if (url === '/api/models/org/broken/revision/main') {
-        res.end(JSON.stringify({ sha: SHA_A, siblings: [{ rfilename: 'config.json' }, { rfilename: 'model.safetensors' }] }));
-        return;
-      }
-      if (url === `/org/broken/resolve/${SHA_A}/config.json`) {
-        res.end(await fsp.readFile(path.join(MODEL, 'config.json')));
-        return;
-      }
-      const m = /^\/org\/remote\/resolve\/([0-9a-f]{40})\/(.+)$/.exec(url);
-      if (m && m[1] === SHA_B) {
-        try {
-          res.end(await fsp.readFile(path.join(MODEL, m[2])));
-        } catch {
-          res.statusCode = 404;
-          res.end();
-        }
-        return;
-      }
-      res.statusCode = 404;
-      res.end('{}');
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    await hub.start();
+    hub.repos.set('org/remote', repoFromDir(MODEL, FILES, SHA_B));
+    hub.repos.set('org/resume', repoFromDir(MODEL, FILES, SHA_A));
+    hub.repos.set('org/broken', { sha: SHA_A, files: new Map([['config.json', readFileSync(path.join(MODEL, 'config.json'))]]) });
   });
-  afterAll(async () => {
-    await new Promise((r) => server.close(r));
-  });
+  afterAll(() => hub.stop());
+  const env = (home: string) => {
+    process.env.HF_HOME = home;
+    process.env.HF_ENDPOINT = hub.url;
+  };
 
-  it('downloads into the cache layout, writes refs/main, then resolves offline', async () => {
-    const addr = server.address() as { port: number };
-    process.env.HF_HOME = hfHome;
-    process.env.HF_ENDPOINT = `http://127.0.0.1:${addr.port}`;
-    const progress: string[] = [];
-    const dir = await resolveModelDir('org/remote', { onProgress: (f) => progress.push(f) });
-    const repo = path.join(hfHome, 'hub', 'models--org--remote');
+  it('fills the standard cache (blobs, snapshot symlinks, refs/main) with progress, then resolves offline', async () => {
+    env(await fsp.mkdtemp(path.join(os.tmpdir(), 'hfhome-dl-')));
+    const events: DownloadProgress[] = [];
+    const dir = await resolveModelDir('org/remote', { progressCallback: (p) => events.push(p) });
+    const repo = cacheRepoDir('org/remote');
+    expect(repo).toBe(path.join(process.env.HF_HOME!, 'hub', 'models--org--remote'));
     expect(dir).toBe(path.join(repo, 'snapshots', SHA_B));
     expect((await fsp.readFile(path.join(repo, 'refs', 'main'), 'utf8')).trim()).toBe(SHA_B);
-    expect((await fsp.readdir(dir)).sort()).toEqual(['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
-    expect(hits).not.toContain(`/org/remote/resolve/${SHA_B}/README.md`);
-    expect(new Set(progress)).toContain('model.safetensors');
-    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'model.safetensors')), await fsp.readFile(path.join(MODEL, 'model.safetensors')))).toBe(0);
+    expect((await fsp.readdir(dir)).sort()).toEqual([...FILES].sort());
+    for (const f of FILES) {
+      // huggingface_hub's layout: a relative symlink to blobs/<etag> (sha256 for LFS files, the git blob id otherwise).
+      const data = readFileSync(path.join(MODEL, f));
+      expect(await fsp.readlink(path.join(dir, f))).toBe(path.join('..', '..', 'blobs', etagOf(f, data)));
+      expect(Buffer.compare(await fsp.readFile(path.join(dir, f)), data)).toBe(0);
+    }
+    expect(hub.hits.some((h) => h.url.endsWith('/README.md'))).toBe(false);
+    const weights = events.filter((e) => e.file === 'model.safetensors');
+    const size = statSync(path.join(MODEL, 'model.safetensors')).size;
+    expect(weights.at(-1)).toEqual({ repo: 'org/remote', file: 'model.safetensors', loaded: size, total: size, status: 'done' });
+    expect(weights.map((e) => e.loaded)).toEqual([...weights.map((e) => e.loaded)].sort((a, b) => a - b));
     process.env.HF_HUB_OFFLINE = '1';
+    const before = hub.hits.length;
     expect(await resolveModelDir('org/remote')).toBe(dir);
+    expect((await loadModel('org/remote', { weights: false })).config.arch).toBe('llama');
+    expect(hub.hits.length).toBe(before); // offline: no request at all
   });
 
-  it('a failed download leaves no partial snapshot and says NOT_FOUND', async () => {
-    const addr = server.address() as { port: number };
-    process.env.HF_HOME = hfHome;
-    process.env.HF_ENDPOINT = `http://127.0.0.1:${addr.port}`;
+  it('resumes an interrupted download from the bytes already in blobs/<etag>.incomplete', async () => {
+    env(await fsp.mkdtemp(path.join(os.tmpdir(), 'hfhome-resume-')));
+    const data = readFileSync(path.join(MODEL, 'model.safetensors'));
+    hub.cutNext.set('model.safetensors', 300_000);
+    await expect(resolveModelDir('org/resume')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    const incomplete = path.join(cacheRepoDir('org/resume'), 'blobs', `${etagOf('model.safetensors', data)}.incomplete`);
+    const partial = statSync(incomplete).size;
+    expect(partial).toBeGreaterThan(0);
+    expect(partial).toBeLessThan(data.length);
+    // No usable snapshot yet: offline, it says what is missing.
+    process.env.HF_HUB_OFFLINE = '1';
+    await expect(resolveModelDir('org/resume')).rejects.toMatchObject({ message: expect.stringMatching(/lacks model\.safetensors.*downloading is disabled/) });
+    delete process.env.HF_HUB_OFFLINE;
+    const dir = await resolveModelDir('org/resume');
+    expect(hub.hits.filter((h) => h.url.endsWith('/model.safetensors')).map((h) => h.range)).toContain(`bytes=${partial}-${data.length - 1}`);
+    expect(Buffer.compare(await fsp.readFile(path.join(dir, 'model.safetensors')), data)).toBe(0);
+    expect(existsSync(incomplete)).toBe(false);
+  });
+
+  it('a failed download says NOT_FOUND with the hub\'s answer and leaves no usable snapshot', async () => {
+    env(await fsp.mkdtemp(path.join(os.tmpdir(), 'hfhome-fail-')));
     await expect(resolveModelDir('org/absent')).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/HTTP 404/) });
-    await expect(fsp.readdir(path.join(hfHome, 'hub', 'models--org--absent', 'snapshots'))).rejects.toThrow();
-    // config.json arrives, then the weights 404: nothing may be left in the cache.
-    await expect(resolveModelDir('org/broken')).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/model\.safetensors -> HTTP 404/) });
-    expect(hits).toContain(`/org/broken/resolve/${SHA_A}/config.json`);
-    expect(await fsp.readdir(path.join(hfHome, 'hub', 'models--org--broken', 'snapshots'))).toEqual([]);
-    await expect(fsp.access(path.join(hfHome, 'hub', 'models--org--broken', 'refs', 'main'))).rejects.toThrow();
+    await expect(resolveModelDir('org/broken')).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/no model\.safetensors/) });
     await expect(resolveModelDir('org/absent', { download: false })).rejects.toMatchObject({ message: expect.stringMatching(/downloading is disabled/) });
   });
 });

@@ -4,7 +4,8 @@ import { composeAdapters } from '../../merge/compose.js';
 import { loadModel } from '../../io/model-dir.js';
 import { planWeights } from '../../models/param-shapes.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { log } from '../output.js';
+import { downloadProgress, log } from '../output.js';
+import { resolveCliAdapter } from '../adapters.js';
 import type { HostTensor } from '../../tensor.js';
 
 export const spec: CommandSpec = {
@@ -12,7 +13,7 @@ export const spec: CommandSpec = {
   summary: 'Compose several adapters into one (exactly equal to applying them together).',
   usage: 'compose --adapter DIR --adapter DIR [...] --out DIR [--weights W,W,...] [--model M]',
   flags: {
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory, sparsetune or PEFT LoRA (repeat for each input)', required: true },
+    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter: a directory (sparsetune or PEFT LoRA) or a hub id (repeat for each input)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output adapter directory', required: true },
     model: { type: 'string', value: 'M', description: 'base model, to check parameter names and shapes (needed for PEFT modules_to_save)' },
     method: { type: 'string', value: 'NAME', description: 'method name recorded in the composed adapter.json', default: 'compose' },
@@ -33,11 +34,11 @@ export async function run(argv: string[]): Promise<void> {
   const modelFlag = f.str('model');
   if (modelFlag) {
     log(`loading model ${modelFlag}`);
-    base = (await loadModel(modelFlag, { planWeights })).weights;
+    base = (await loadModel(modelFlag, { planWeights, progressCallback: downloadProgress() })).weights;
     shapes = new Map([...base].map(([k, v]) => [k, v.shape]));
   }
   const adapters = [];
-  for (const dir of dirs) adapters.push(await loadAdapter(dir, { shapes, base }));
+  for (const dir of dirs) adapters.push(await loadAdapter(await resolveCliAdapter(dir), { shapes, base }));
   const composed = composeAdapters(adapters, { shapes, method: f.str('method') ?? 'compose', weights });
   await saveAdapter(out, composed);
   const how = weights ? ` with weights ${weights.join(', ')}` : '';

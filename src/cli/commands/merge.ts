@@ -12,7 +12,7 @@ import type { Adapter } from '../../merge/types.js';
 import type { CausalLM } from '../../models/causal-lm.js';
 import type { HostTensor } from '../../tensor.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { applyAdapters, loadCliModel } from '../adapters.js';
+import { applyAdapters, loadCliModel, resolveCliAdapter } from '../adapters.js';
 import { loadOptional, optionalModules } from '../optional.js';
 import { log } from '../output.js';
 
@@ -22,7 +22,7 @@ export const spec: CommandSpec = {
   usage: 'merge --adapter DIR [--adapter DIR ...] --out DIR [--model M]',
   flags: {
     model: { type: 'string', value: 'M', description: 'base model directory or hub id', default: 'bundled stories260K' },
-    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter directory to fuse, sparsetune or PEFT LoRA (repeat to fuse several)', required: true },
+    adapter: { type: 'string', value: 'DIR', multiple: true, description: 'adapter to fuse: a directory (sparsetune or PEFT LoRA) or a hub id (repeat to fuse several)', required: true },
     out: { type: 'string', value: 'DIR', description: 'output model directory (config.json, model.safetensors, tokenizer files)', required: true },
     dtype: { type: 'string', value: 'TYPE', description: 'stored weight type: f32, f16, bf16', default: 'f32' },
     overwrite: { type: 'boolean', description: 'replace a non-empty --out' },
@@ -52,7 +52,7 @@ export async function run(argv: string[]): Promise<void> {
   const pruned: { dir: string; adapter: Adapter }[] = [];
   const fusable: string[] = [];
   for (const dir of dirs) {
-    const a = await loadAdapter(dir, { shapes, base: model.weights });
+    const a = await loadAdapter(await resolveCliAdapter(dir), { shapes, base: model.weights });
     if (a.pruned) pruned.push({ dir, adapter: a });
     else fusable.push(dir);
   }
