@@ -10,7 +10,7 @@ import type { DType, HostTensor } from '../tensor.js';
 export type Dim = number | string;
 export type Shape = Dim[];
 
-export type AttrValue = number | number[] | string | HostTensor | { float: number } | { floats: number[] };
+export type AttrValue = number | number[] | string | HostTensor | { float: number } | { floats: number[] } | { graph: Graph };
 
 let nextGraphId = 1;
 
@@ -23,7 +23,8 @@ export class Value {
     readonly shape: Shape,
     /** The node that produces this value; null for graph inputs and constants. */
     readonly producer: Node | null,
-    readonly kind: 'input' | 'const' | 'node',
+    /** `outer`: a value of an enclosing graph, referenced by name from a subgraph (ONNX scoping). */
+    readonly kind: 'input' | 'const' | 'node' | 'outer',
     readonly name: string,
   ) {}
 
@@ -63,9 +64,28 @@ export interface GradContext {
   needs: (i: number) => boolean;
 }
 
+/** What a lowered node emits: ONNX nodes (and initializers) standing for one IR node. */
+export interface Lowered {
+  nodes: import('onnx-proto').onnx.INodeProto[];
+  initializers?: import('onnx-proto').onnx.ITensorProto[];
+}
+
+/** Lowering context: which outputs are needed, and how to serialize a subgraph. */
+export interface LowerContext {
+  /** Whether output k of the node is used by anything the model computes. */
+  live(k: number): boolean;
+  /** The ONNX GraphProto of a subgraph (for Scan/Loop bodies). */
+  subgraph(g: Graph): import('onnx-proto').onnx.IGraphProto;
+}
+
 export interface OpDef {
   /** ONNX op type emitted (defaults to the IR op name). */
   onnxOp?: string;
+  /**
+   * Custom emission: the IR node becomes these ONNX nodes (a composite whose form depends
+   * on which of its outputs are live, e.g. a Scan that skips dead scan outputs).
+   */
+  lower?: (node: Node, ctx: LowerContext) => Lowered;
   domain?: string;
   infer: InferFn;
   /** Absent: the op is not differentiable (an error if a gradient must flow through it). */
@@ -96,6 +116,8 @@ interface SymbolSource {
 /** A computation graph under construction. */
 export class Graph {
   readonly uid = nextGraphId++;
+  /** The outermost graph (names are unique across a graph and all its subgraphs). */
+  readonly root: Graph;
   readonly inputs: Value[] = [];
   readonly constants: { value: Value; tensor: HostTensor }[] = [];
   readonly nodes: Node[] = [];
@@ -103,11 +125,24 @@ export class Graph {
   readonly symbols = new Map<string, SymbolSource>();
   private nextValueId = 0;
   private nextNodeId = 0;
-  private names = new Set<string>();
+  private readonly names: Set<string>;
+  private readonly outerRefs = new Map<Value, Value>();
   /** Cache for small constants and derived shape tensors, keyed by content. */
   readonly memo = new Map<string, Value>();
+  /**
+   * Set on graphs that are never differentiated (decode): composite layers may then emit
+   * onnxruntime's fused inference kernels (RMSNorm, MatMul with a transposed weight).
+   */
+  inference = false;
 
-  constructor(readonly name = 'sparsetune') {}
+  /** `parent`: the enclosing graph of a subgraph (a Scan body); names are shared with it. */
+  constructor(
+    readonly name = 'sparsetune',
+    readonly parent: Graph | null = null,
+  ) {
+    this.root = parent ? parent.root : this;
+    this.names = parent ? parent.root.names : new Set<string>();
+  }
 
   private uniqueName(base: string): string {
     let n = base;
@@ -115,6 +150,18 @@ export class Graph {
     while (this.names.has(n)) n = `${base}_${k++}`;
     this.names.add(n);
     return n;
+  }
+
+  /** In a subgraph: the value `v` of an enclosing graph, read by name (no copy, no input). */
+  outer(v: Value): Value {
+    if (!this.parent) throw new SparsetuneError('BAD_GRAPH', 'outer(): only subgraphs can reference enclosing values');
+    if (v.graph === this) return v;
+    let r = this.outerRefs.get(v);
+    if (!r) {
+      r = new Value(this, this.nextValueId++, v.dtype, [...v.shape], null, 'outer', v.name);
+      this.outerRefs.set(v, r);
+    }
+    return r;
   }
 
   /** Declare a graph input (data or a JS-owned weight fed on every run). */

@@ -8,6 +8,7 @@ import { mulDims } from './shapes.js';
 import {
   add, cast, concat, div, equal, erf, exp, gatherElements, gemm, logSoftmax, matmul, maximum, mul, neg, not,
   reduceMean, reduceSum, reshape, sigmoid, softmax, split, sqrt, squeeze, sub, tanh, transposeLast2, unsqueeze, where, scalar,
+  matmulTransB, simplifiedLayerNorm,
 } from './ops/index.js';
 
 /** y = x W^T (+ b) for x [..., in], W [out, in] (HF layout), read in place via Gemm transB. */
@@ -15,6 +16,10 @@ export function linear(x: Value, w: Value, b?: Value): Value {
   const inDim = x.shape[x.rank - 1];
   if (w.rank !== 2 || w.shape[1] !== inDim) {
     throw new SparsetuneError('SHAPE_MISMATCH', `linear: weight ${w} does not match input ${x} (expected [out, ${inDim}])`);
+  }
+  if (x.graph.inference && x.dtype === 'f32' && x.rank > 2) {
+    const y = matmulTransB(x, w);
+    return b ? add(y, b) : y;
   }
   const lead = x.shape.slice(0, -1);
   const x2 = x.rank === 2 ? x : reshape(x, [mulDims(lead), inDim]);
@@ -24,6 +29,7 @@ export function linear(x: Value, w: Value, b?: Value): Value {
 
 /** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * w. */
 export function rmsNorm(x: Value, w: Value, eps: number): Value {
+  if (x.graph.inference && x.dtype === 'f32') return simplifiedLayerNorm(x, w, eps);
   const ms = reduceMean(mul(x, x), [-1], true);
   return mul(div(x, sqrt(add(ms, eps))), w);
 }

@@ -14,7 +14,7 @@ export function onnxElemType(d: DType): number {
   return ELEM[d];
 }
 
-function tensorProto(name: string, t: HostTensor): onnxProto.onnx.ITensorProto {
+export function tensorProto(name: string, t: HostTensor): onnxProto.onnx.ITensorProto {
   const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   return { name, dims: t.shape, dataType: ELEM[t.dtype], rawData: bytes };
 }
@@ -35,16 +35,12 @@ function attribute(name: string, a: AttrValue, op: string): onnxProto.onnx.IAttr
   if (Array.isArray(a)) return { name, type: T.INTS, ints: a };
   if ('float' in a) return { name, type: T.FLOAT, f: a.float };
   if ('floats' in a) return { name, type: T.FLOATS, floats: a.floats };
+  if ('graph' in a) return { name, type: T.GRAPH, g: graphProto(a.graph) };
   return { name, type: T.TENSOR, t: tensorProto('', a) };
 }
 
-/**
- * Build the ONNX bytes for a graph. Only nodes that some output depends on are emitted.
- * Outputs carry only an element type: ORT infers their shapes.
- */
-export function toOnnx(g: Graph): Uint8Array {
-  if (g.outputs.length === 0) throw new SparsetuneError('BAD_GRAPH', 'graph has no outputs; call graph.output(name, value)');
-  // Live set: walk back from outputs.
+/** Values (by id) that the graph's outputs depend on. */
+function liveSet(g: Graph): Set<number> {
   const live = new Set<number>();
   const stack = g.outputs.map((o) => o.value);
   const producerOf = new Map<number, (typeof g.nodes)[number]>();
@@ -56,35 +52,70 @@ export function toOnnx(g: Graph): Uint8Array {
     const p = producerOf.get(v.id);
     if (p) for (const i of p.inputs) stack.push(i);
   }
+  return live;
+}
 
+/**
+ * The GraphProto of a graph or subgraph: only nodes some output depends on. Subgraph
+ * values of kind 'outer' are read by name from the enclosing graph and not declared.
+ */
+function graphProto(g: Graph): onnxProto.onnx.IGraphProto {
+  if (g.outputs.length === 0) throw new SparsetuneError('BAD_GRAPH', `graph '${g.name}' has no outputs; call graph.output(name, value)`);
+  const live = liveSet(g);
   const nodes: onnxProto.onnx.INodeProto[] = [];
+  const initializers: onnxProto.onnx.ITensorProto[] = g.constants.filter((c) => live.has(c.value.id)).map((c) => tensorProto(c.value.name, c.tensor));
+  const prefix = g.parent ? `${g.name}/` : '';
   for (const n of g.nodes) {
     if (!n.outputs.some((o) => live.has(o.id))) continue;
     const def = opDef(n.op);
+    if (def.lower) {
+      const lowered = def.lower(n, { live: (k) => live.has(n.outputs[k].id), subgraph: graphProto });
+      nodes.push(...lowered.nodes);
+      initializers.push(...(lowered.initializers ?? []));
+      continue;
+    }
     const opType = def.onnxOp ?? n.op;
     const inputs = (n.op === 'StraightThrough' ? n.inputs.slice(0, 1) : n.inputs).map((v) => v.name);
     const attribute_ = Object.entries(n.attrs)
       .filter(([k]) => !k.startsWith('_'))
       .map(([k, a]) => attribute(k, a, n.op));
-    nodes.push({ opType, domain: def.domain ?? '', input: inputs, output: n.outputs.map((o) => o.name), attribute: attribute_, name: `n${n.id}` });
+    nodes.push({ opType, domain: def.domain ?? '', input: inputs, output: n.outputs.map((o) => o.name), attribute: attribute_, name: `${prefix}n${n.id}` });
   }
   // Graph outputs may alias inputs or each other: route through Identity with the output name.
   const outputs: onnxProto.onnx.IValueInfoProto[] = [];
   for (const o of g.outputs) {
-    nodes.push({ opType: 'Identity', input: [o.value.name], output: [o.name], name: `out_${o.name}` });
-    outputs.push(valueInfo(o.value, o.name, false));
+    nodes.push({ opType: 'Identity', input: [o.value.name], output: [o.name], name: `${prefix}out_${o.name}` });
+    outputs.push(valueInfo(o.value, o.name, !!g.parent));
   }
+  return {
+    name: g.name,
+    node: nodes,
+    input: g.inputs.filter((v) => live.has(v.id) || g.parent).map((v) => valueInfo(v, v.name, true)),
+    output: outputs,
+    initializer: initializers,
+  };
+}
+
+/** Every domain used by the nodes of a graph and its subgraphs. */
+function domainsOf(gp: onnxProto.onnx.IGraphProto, into = new Set<string>()): Set<string> {
+  for (const n of gp.node ?? []) {
+    if (n.domain) into.add(n.domain);
+    for (const a of n.attribute ?? []) if (a.g) domainsOf(a.g, into);
+  }
+  return into;
+}
+
+/**
+ * Build the ONNX bytes for a graph. Only nodes that some output depends on are emitted.
+ * Outputs carry only an element type: ORT infers their shapes.
+ */
+export function toOnnx(g: Graph): Uint8Array {
+  const graph = graphProto(g);
   const model: onnxProto.onnx.IModelProto = {
     irVersion: 8,
     producerName: 'sparsetune',
-    opsetImport: [{ domain: '', version: OPSET }],
-    graph: {
-      name: g.name,
-      node: nodes,
-      input: g.inputs.filter((v) => live.has(v.id)).map((v) => valueInfo(v, v.name, true)),
-      output: outputs,
-      initializer: g.constants.filter((c) => live.has(c.value.id)).map((c) => tensorProto(c.value.name, c.tensor)),
-    },
+    opsetImport: [{ domain: '', version: OPSET }, ...[...domainsOf(graph)].map((domain) => ({ domain, version: 1 }))],
+    graph,
   };
   return onnx.ModelProto.encode(onnx.ModelProto.create(model)).finish();
 }
