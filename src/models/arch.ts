@@ -1,5 +1,7 @@
 /** What an architecture builder receives and returns; shared by llama.ts and gpt2.ts. */
 import type { Graph, Value } from '../engine/ir.js';
+import { gather, reshape } from '../engine/ops/index.js';
+import { mulDims } from '../engine/shapes.js';
 import type { ModelConfig } from '../io/config.js';
 import type { LinearSite, ModelHooks } from './hooks.js';
 
@@ -12,9 +14,19 @@ export interface ForwardInputs {
   mask: Value;
   /** Cached keys/values per layer, [batch, kvHeads, past, headDim]; absent for training graphs. */
   past?: { k: Value; v: Value }[];
+  /**
+   * Attention through a preallocated KV cache (decode sessions). Given, it replaces the
+   * mask/past path: it receives a layer's projections q [batch, seq, heads*headDim] and
+   * k, v [batch, seq, kvHeads*headDim] before rotary (`rotary`: the architecture uses RoPE)
+   * and returns the attention output [batch, seq, heads*headDim]; `present` is then empty.
+   */
+  attend?: (layer: number, q: Value, k: Value, v: Value, rotary: boolean) => Value;
+  /** Int64 [n] rows of the flattened [batch*seq] positions to compute logits for (default: every position). */
+  logitRows?: Value;
 }
 
 export interface ForwardResult {
+  /** [batch, seq, vocab], or [n, vocab] for the positions in `logitRows`. */
   logits: Value;
   /** Keys/values including this step's, per layer (for the next decode step). */
   present: { k: Value; v: Value }[];
@@ -38,7 +50,16 @@ export interface Architecture<C extends ModelConfig = ModelConfig> {
   paramNames(cfg: C): string[];
   forward(ctx: BuildContext, cfg: C, inputs: ForwardInputs): ForwardResult;
   /** KV cache geometry per layer. */
-  kvShape(cfg: C): { layers: number; kvHeads: number; headDim: number };
+  kvShape(cfg: C): { layers: number; kvHeads: number; headDim: number; heads: number };
+  /** RoPE inverse frequencies (architectures with rotary embeddings only). */
+  ropeInvFreq?(cfg: C): Float32Array;
   /** Fix up checkpoint naming variants (e.g. GPT-2 without the `transformer.` prefix). */
   normalizeWeights?(weights: Map<string, unknown>, cfg: C): void;
+}
+
+/** The final hidden states [batch, seq, E] reduced to the rows the logits are wanted for. */
+export function logitInput(hidden: Value, rows: Value | undefined): Value {
+  if (!rows) return hidden;
+  const [B, S, E] = hidden.shape;
+  return gather(reshape(hidden, [mulDims([B, S]), E]), rows);
 }

@@ -6,6 +6,7 @@
 import { SparsetuneError } from '../errors.js';
 import { Graph, type Value } from '../engine/ir.js';
 import { crossEntropy, linear } from '../engine/nn.js';
+import { chunkedLinearCrossEntropy } from '../engine/loss.js';
 import { gemm, reshape } from '../engine/ops/index.js';
 import { defaultRuntime, type CompiledGraph, type Runtime } from '../engine/runtime.js';
 import { isNoiseInput } from '../engine/noise.js';
@@ -16,7 +17,7 @@ import type { Tokenizer } from '../io/tokenizer.js';
 import type { Batch } from '../io/datasets.js';
 import type { HostTensor } from '../tensor.js';
 import { mulDims } from '../engine/shapes.js';
-import type { Architecture, BuildContext, ForwardResult } from './arch.js';
+import type { Architecture, BuildContext, ForwardInputs, ForwardResult } from './arch.js';
 import type { LinearSite, ModelHooks } from './hooks.js';
 import { causalMask, rangePositions, stepMask, stepPositions } from './masks.js';
 import { planWeights } from './param-shapes.js';
@@ -34,6 +35,22 @@ export interface BuiltGraph {
   loss?: Value;
   past?: { k: Value; v: Value }[];
   result: ForwardResult;
+}
+
+/** Options of `CausalLM.build`. */
+export interface BuildOptions {
+  /**
+   * Train graphs: compute the LM loss with the chunked LM head + cross-entropy when the LM
+   * head is a plain linear (default true; env SPARSETUNE_CHUNKED_CE=0 turns it off).
+   */
+  chunkedLoss?: boolean;
+}
+
+/** The LM head's input, weight and logits when no hook changed it. */
+interface LmHeadUse {
+  x?: Value;
+  w?: Value;
+  logits?: Value;
 }
 
 export interface KvCache {
@@ -95,7 +112,7 @@ export class CausalLM {
    * `loss` value; `infer`: also cached keys/values in, present keys/values out.
    * Nothing is marked as output: callers choose (`graph.output(...)`).
    */
-  build(kind: 'train' | 'infer', hooks: ModelHooks = {}): BuiltGraph {
+  build(kind: 'train' | 'infer', hooks: ModelHooks = {}, opts: BuildOptions = {}): BuiltGraph {
     const g = new Graph(`${this.config.modelType}-${kind}`);
     const ids = g.input('input_ids', 'i64', ['batch', 'seq']);
     const positions = g.input('position_ids', 'i64', ['batch', 'seq']);
@@ -108,12 +125,19 @@ export class CausalLM {
             v: g.input(`past_v_${l}`, 'f32', ['batch', kvHeads, 'past', headDim]),
           }))
         : undefined;
-    const ctx = this.context(g, hooks);
+    const head: LmHeadUse = {};
+    const ctx = this.context(g, hooks, head);
     const result = this.arch.forward(ctx, this.config, { ids, positions, mask, past });
     const built: BuiltGraph = { graph: g, kind, ids, positions, mask, past, result };
     if (kind === 'train') {
-      built.targets = g.input('targets', 'i64', ['batch', 'seq']);
-      built.loss = crossEntropy(result.logits, built.targets);
+      const targets = (built.targets = g.input('targets', 'i64', ['batch', 'seq']));
+      const chunked = opts.chunkedLoss ?? process.env.SPARSETUNE_CHUNKED_CE !== '0';
+      if (chunked && head.x && head.w && head.logits === result.logits) {
+        // The plain LM head feeds the loss: compute it chunk by chunk (no [tokens x vocab] tensors).
+        const [B, T, E] = head.x.shape;
+        const rows = mulDims([B, T]);
+        built.loss = chunkedLinearCrossEntropy(reshape(head.x, [rows, E]), head.w, reshape(targets, [rows]));
+      } else built.loss = crossEntropy(result.logits, targets);
     }
     return built;
   }
@@ -123,7 +147,7 @@ export class CausalLM {
    * pass for MoSA, or a frozen-base pass for a KL term). Base parameters are shared
    * between passes of the same graph.
    */
-  forward(g: Graph, inputs: { ids: Value; positions: Value; mask: Value }, hooks: ModelHooks = {}): ForwardResult {
+  forward(g: Graph, inputs: ForwardInputs, hooks: ModelHooks = {}): ForwardResult {
     return this.arch.forward(this.context(g, hooks), this.config, inputs);
   }
 
@@ -146,7 +170,7 @@ export class CausalLM {
     return v;
   }
 
-  private context(g: Graph, hooks: ModelHooks): BuildContext {
+  private context(g: Graph, hooks: ModelHooks, head?: LmHeadUse): BuildContext {
     const params = new Map<string, Value>();
     const param = (name: string): Value => {
       let v = params.get(name);
@@ -167,7 +191,17 @@ export class CausalLM {
         const y2 = gemm(reshape(xx, [mulDims(lead), s.inFeatures]), w, { c: b });
         return reshape(y2, [...lead, s.outFeatures]);
       };
-      return hooks.linear ? hooks.linear(s, x, base, g) : base(x);
+      if (!head || s.kind !== 'lm_head' || s.layout !== 'out_in' || s.biasName || x.rank !== 3) return hooks.linear ? hooks.linear(s, x, base, g) : base(x);
+      // Record a plain LM head (no linear hook changed it) so the loss can be chunked.
+      let seen: { x: Value; y: Value } | undefined;
+      const recording = (xx: Value): Value => {
+        const y = base(xx);
+        seen = { x: xx, y };
+        return y;
+      };
+      const y = hooks.linear ? hooks.linear(s, x, recording, g) : recording(x);
+      if (seen && seen.x === x && seen.y === y) Object.assign(head, { x, w: param(s.weightName), logits: y });
+      return y;
     };
     return { g, hooks, param, site };
   }

@@ -1,10 +1,12 @@
 /**
- * Text generation with a KV cache: batched (left padding), greedy or sampled, stop strings
- * and EOS, streaming token events through an async iterator.
+ * Text generation with a KV cache: batched (ragged prompts), greedy or sampled, stop strings
+ * and EOS, streaming token events through an async iterator. Runs on a `DecodeSession`
+ * (in-place cache, last-position logits).
  */
 import { SparsetuneError } from '../errors.js';
 import type { HostTensor } from '../tensor.js';
-import type { CausalLM, KvCache } from './causal-lm.js';
+import type { CausalLM } from './causal-lm.js';
+import { DecodeSession } from './decode.js';
 import type { ModelHooks } from './hooks.js';
 import { Sampler, StopStringMatcher, type SamplingOptions } from './sampling.js';
 
@@ -36,10 +38,10 @@ export interface GenerationResult {
   promptTokens: number;
 }
 
-/** Index of the largest logit at position `pos` of row `b` in logits [B, S, V]. */
-function rowLogits(logits: HostTensor<'f32'>, b: number, pos: number): Float32Array {
-  const [, S, V] = logits.shape;
-  return logits.data.subarray((b * S + pos) * V, (b * S + pos + 1) * V);
+/** Row b of logits [B, V]. */
+function rowLogits(logits: HostTensor<'f32'>, b: number): Float32Array {
+  const V = logits.shape[1];
+  return logits.data.subarray(b * V, (b + 1) * V);
 }
 
 /**
@@ -56,8 +58,6 @@ export async function* streamGenerate(model: CausalLM, prompts: number[][], opts
   const padId = tok?.padId ?? 0;
   const B = prompts.length;
   const L = Math.max(...prompts.map((p) => p.length));
-  const ids = prompts.map((p) => [...new Array(L - p.length).fill(padId), ...p]);
-  const attention = prompts.map((p) => [...new Array(L - p.length).fill(0), ...p.map(() => 1)]);
   const samplers = prompts.map((_, b) => new Sampler({ ...opts, seed: opts.seed === undefined ? undefined : opts.seed + b }));
   const decoders = prompts.map((p) => tok?.streamDecoder({ context: p }) ?? null);
   const stops = prompts.map(() => new StopStringMatcher(opts.stop ?? []));
@@ -65,11 +65,10 @@ export async function* streamGenerate(model: CausalLM, prompts: number[][], opts
   const history = prompts.map((p) => [...p]);
   const done = prompts.map(() => false);
 
-  let cache: KvCache = model.emptyCache(B);
-  let step = await model.step(ids, attention, cache, { hooks: opts.hooks, extraFeeds: opts.extraFeeds });
-  let pos = L - 1;
+  const maxPos = model.arch.ropeInvFreq ? Infinity : model.config.maxPositionEmbeddings;
+  const session = await DecodeSession.open(model, B, { hooks: opts.hooks, extraFeeds: opts.extraFeeds, capacity: Math.min(L + maxNew, maxPos) });
+  let logits = await session.prefill(prompts);
   for (let n = 0; n < maxNew; n++) {
-    cache = step.cache;
     const next: number[] = [];
     for (let b = 0; b < B; b++) {
       if (done[b]) {
@@ -82,7 +81,7 @@ export async function* streamGenerate(model: CausalLM, prompts: number[][], opts
         next.push(padId);
         continue;
       }
-      const t = samplers[b].next(rowLogits(step.logits, b, pos), history[b]);
+      const t = samplers[b].next(rowLogits(logits, b), history[b]);
       next.push(t);
       history[b].push(t);
       if (eos.has(t)) {
@@ -106,14 +105,7 @@ export async function* streamGenerate(model: CausalLM, prompts: number[][], opts
       }
     }
     if (done.every(Boolean) || n === maxNew - 1) break;
-    for (let b = 0; b < B; b++) attention[b].push(1);
-    step = await model.step(
-      next.map((t) => [t]),
-      attention,
-      cache,
-      { hooks: opts.hooks, extraFeeds: opts.extraFeeds },
-    );
-    pos = 0;
+    logits = await session.next(next);
   }
   for (let b = 0; b < B; b++) {
     if (results[b].finishReason === 'length' || results[b].finishReason === 'abort') {

@@ -3,7 +3,7 @@ import { attention, geluErf, geluTanh, layerNorm } from '../engine/nn.js';
 import { add, gather, relu, reshape, split, transpose } from '../engine/ops/index.js';
 import type { Value } from '../engine/ir.js';
 import type { Gpt2Config } from '../io/config.js';
-import type { Architecture, BuildContext, ForwardInputs, ForwardResult } from './arch.js';
+import { logitInput, type Architecture, type BuildContext, type ForwardInputs, type ForwardResult } from './arch.js';
 import type { LinearSite } from './hooks.js';
 
 function sites(cfg: Gpt2Config): LinearSite[] {
@@ -55,15 +55,21 @@ function forward(ctx: BuildContext, cfg: Gpt2Config, inp: ForwardInputs): Forwar
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `transformer.h.${l}`;
     const qkv = ctx.site(siteOf(`${p}.attn.c_attn`), ln(h, `${p}.ln_1`));
-    const [q, k0, v0] = split(qkv, [E, E, E], -1).map(heads);
-    let k = k0;
-    let v = v0;
-    if (inp.past) {
-      k = concat2(inp.past[l].k, k);
-      v = concat2(inp.past[l].v, v);
+    let a: Value;
+    if (inp.attend) {
+      const [qp, kp, vp] = split(qkv, [E, E, E], -1);
+      a = inp.attend(l, qp, kp, vp, false);
+    } else {
+      const [q, k0, v0] = split(qkv, [E, E, E], -1).map(heads);
+      let k = k0;
+      let v = v0;
+      if (inp.past) {
+        k = concat2(inp.past[l].k, k);
+        v = concat2(inp.past[l].v, v);
+      }
+      present.push({ k, v });
+      a = reshape(transpose(attention(q, k, v, inp.mask, 1 / Math.sqrt(hd)), [0, 2, 1, 3]), [B, S, E]);
     }
-    present.push({ k, v });
-    const a = reshape(transpose(attention(q, k, v, inp.mask, 1 / Math.sqrt(hd)), [0, 2, 1, 3]), [B, S, E]);
     let o = ctx.site(siteOf(`${p}.attn.c_proj`), a);
     if (hooks.residual) o = hooks.residual('attn', l, o, g);
     h = add(h, o);
@@ -73,7 +79,7 @@ function forward(ctx: BuildContext, cfg: Gpt2Config, inp: ForwardInputs): Forwar
     h = add(h, m);
   }
   const hidden = ln(h, 'transformer.ln_f');
-  return { logits: ctx.site(siteOf('lm_head'), hidden), present, hidden };
+  return { logits: ctx.site(siteOf('lm_head'), logitInput(hidden, inp.logitRows)), present, hidden };
 }
 
 function concat2(a: Value, b: Value): Value {
@@ -99,6 +105,6 @@ export const gpt2: Architecture<Gpt2Config> = {
   sites,
   paramNames,
   forward,
-  kvShape: (cfg) => ({ layers: cfg.numLayers, kvHeads: cfg.numHeads, headDim: cfg.hiddenSize / cfg.numHeads }),
+  kvShape: (cfg) => ({ layers: cfg.numLayers, kvHeads: cfg.numHeads, headDim: cfg.hiddenSize / cfg.numHeads, heads: cfg.numHeads }),
   normalizeWeights,
 };

@@ -3,7 +3,7 @@ import { attention, rmsNorm, rotary, silu } from '../engine/nn.js';
 import { add, cast, concat, constTensor, cos, gather, mul, reshape, sin, transpose, unsqueeze } from '../engine/ops/index.js';
 import type { Value } from '../engine/ir.js';
 import type { LlamaConfig } from '../io/config.js';
-import type { Architecture, BuildContext, ForwardInputs, ForwardResult } from './arch.js';
+import { logitInput, type Architecture, type BuildContext, type ForwardInputs, type ForwardResult } from './arch.js';
 import type { LinearSite } from './hooks.js';
 import { ropeInvFreq } from './rope.js';
 
@@ -75,7 +75,7 @@ function forward(ctx: BuildContext, cfg: LlamaConfig, inp: ForwardInputs): Forwa
   const hd = cfg.headDim;
   const all = sites(cfg);
   const siteOf = (name: string) => all.find((s) => s.name === name)!;
-  const rope = ropeTables(ctx, cfg, inp.positions);
+  let ropeT: { cos: Value; sin: Value } | undefined;
   let h = gather(ctx.param('model.embed_tokens.weight'), inp.ids);
   if (hooks.residual) h = hooks.residual('embed', -1, h, g);
   const present: { k: Value; v: Value }[] = [];
@@ -83,16 +83,24 @@ function forward(ctx: BuildContext, cfg: LlamaConfig, inp: ForwardInputs): Forwa
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
     const x = rmsNorm(h, ctx.param(`${p}.input_layernorm.weight`), cfg.rmsNormEps);
-    const q = rotary(heads(ctx.site(siteOf(`${p}.self_attn.q_proj`), x), cfg.numHeads), rope.cos, rope.sin);
-    let k = rotary(heads(ctx.site(siteOf(`${p}.self_attn.k_proj`), x), cfg.numKvHeads), rope.cos, rope.sin);
-    let v = heads(ctx.site(siteOf(`${p}.self_attn.v_proj`), x), cfg.numKvHeads);
-    if (inp.past) {
-      k = concat([inp.past[l].k, k], 2, 'total');
-      v = concat([inp.past[l].v, v], 2, 'total');
+    const qp = ctx.site(siteOf(`${p}.self_attn.q_proj`), x);
+    const kp = ctx.site(siteOf(`${p}.self_attn.k_proj`), x);
+    const vp = ctx.site(siteOf(`${p}.self_attn.v_proj`), x);
+    let merged: Value;
+    if (inp.attend) merged = inp.attend(l, qp, kp, vp, true);
+    else {
+      const rope = (ropeT ??= ropeTables(ctx, cfg, inp.positions));
+      const q = rotary(heads(qp, cfg.numHeads), rope.cos, rope.sin);
+      let k = rotary(heads(kp, cfg.numKvHeads), rope.cos, rope.sin);
+      let v = heads(vp, cfg.numKvHeads);
+      if (inp.past) {
+        k = concat([inp.past[l].k, k], 2, 'total');
+        v = concat([inp.past[l].v, v], 2, 'total');
+      }
+      present.push({ k, v });
+      const a = attention(q, k, v, inp.mask, 1 / Math.sqrt(hd));
+      merged = reshape(transpose(a, [0, 2, 1, 3]), [B, S, cfg.numHeads * hd]);
     }
-    present.push({ k, v });
-    const a = attention(q, k, v, inp.mask, 1 / Math.sqrt(hd));
-    const merged = reshape(transpose(a, [0, 2, 1, 3]), [B, S, cfg.numHeads * hd]);
     let o = ctx.site(siteOf(`${p}.self_attn.o_proj`), merged);
     if (hooks.residual) o = hooks.residual('attn', l, o, g);
     h = add(h, o);
@@ -104,7 +112,7 @@ function forward(ctx: BuildContext, cfg: LlamaConfig, inp: ForwardInputs): Forwa
     h = add(h, m);
   }
   const hidden = rmsNorm(h, ctx.param('model.norm.weight'), cfg.rmsNormEps);
-  const logits = ctx.site(siteOf('lm_head'), hidden);
+  const logits = ctx.site(siteOf('lm_head'), logitInput(hidden, inp.logitRows));
   return { logits, present, hidden };
 }
 
@@ -127,6 +135,7 @@ export const llama: Architecture<LlamaConfig> = {
   sites,
   paramNames,
   forward,
-  kvShape: (cfg) => ({ layers: cfg.numLayers, kvHeads: cfg.numKvHeads, headDim: cfg.headDim }),
   normalizeWeights,
+  kvShape: (cfg) => ({ layers: cfg.numLayers, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, heads: cfg.numHeads }),
+  ropeInvFreq: (cfg) => ropeInvFreq(cfg),
 };

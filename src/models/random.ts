@@ -58,3 +58,21 @@ export const LLAMA_135M = {
   rms_norm_eps: 1e-5,
   tie_word_embeddings: true,
 };
+
+/** `LLAMA_30M` with an untied lm_head: 38.7M parameters (the engine issue's training and decode shapes). */
+export const LLAMA_38M = { ...LLAMA_30M, tie_word_embeddings: false };
+
+/** Qwen2.5-0.5B geometry (GQA 14/2 heads, q/k/v biases, tied embeddings, vocab 151936): ~494M parameters. */
+export const QWEN_05B = {
+  model_type: 'qwen2',
+  vocab_size: 151936,
+  hidden_size: 896,
+  intermediate_size: 4864,
+  num_hidden_layers: 24,
+  num_attention_heads: 14,
+  num_key_value_heads: 2,
+  max_position_embeddings: 32768,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000,
+  tie_word_embeddings: true,
+};
