@@ -60,17 +60,8 @@ export class Optimizer {
       const plr = lr * (p.lrScale ?? 1);
       const wd = p.decay ? weightDecay : 0;
       const m = this.m[k];
-      if (this.cfg.type === 'adamw') {
-        const v = this.v[k];
-        const bc1 = 1 - beta1 ** n;
-        const bc2 = 1 - beta2 ** n;
-        for (let i = 0; i < w.length; i++) {
-          const gi = g[i];
-          m[i] = beta1 * m[i] + (1 - beta1) * gi;
-          v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
-          w[i] -= plr * (m[i] / bc1 / (Math.sqrt(v[i] / bc2) + eps) + wd * w[i]);
-        }
-      } else {
+      if (this.cfg.type === 'adamw') adamwUpdate(w, g, m, this.v[k], { lr: plr, beta1, beta2, eps, weightDecay: wd, bc1: 1 - beta1 ** n, bc2: 1 - beta2 ** n });
+      else {
         for (let i = 0; i < w.length; i++) {
           m[i] = momentum * m[i] + g[i] + wd * w[i];
           w[i] -= plr * m[i];
@@ -92,6 +83,35 @@ export class Optimizer {
     this.steps = [...s.steps];
     s.m.forEach((a, k) => this.m[k].set(a));
     s.v.forEach((a, k) => this.v[k].set(a));
+  }
+}
+
+/**
+ * One AdamW update in place: m, v moments, then w -= lr * (m/bc1 / (sqrt(v/bc2) + eps) + wd * w),
+ * with the per-step constants folded out of the loop (one division and one square root per
+ * element; no allocation).
+ */
+export function adamwUpdate(
+  w: Float32Array,
+  g: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  c: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; bc1: number; bc2: number },
+): void {
+  const { beta1, beta2, eps } = c;
+  const c1 = 1 - beta1;
+  const c2 = 1 - beta2;
+  const step = c.lr / c.bc1;
+  const ib2 = 1 / c.bc2;
+  const keep = 1 - c.lr * c.weightDecay;
+  const n = w.length;
+  for (let i = 0; i < n; i++) {
+    const gi = g[i];
+    const mi = beta1 * m[i] + c1 * gi;
+    const vi = beta2 * v[i] + c2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = keep * w[i] - (step * mi) / (Math.sqrt(vi * ib2) + eps);
   }
 }
 

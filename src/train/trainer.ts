@@ -15,6 +15,7 @@ import { defaultObjective, type GradMap, type Method, type StepContext, type Tra
 import { clipGlobalNorm, Optimizer, optimizerSchema, scheduledLr, scheduleSchema, type OptimizerState } from './optim.js';
 import { paramFeeds } from './param-feeds.js';
 import { noiseFeeds, noiseSeed, noiseSpecs, type InputSpec } from './noise-feeds.js';
+import { GradBuffers } from './grad-buffers.js';
 
 export const trainerConfigSchema = z.object({
   /** Optimizer steps (of every phase, unless phaseSteps says otherwise). */
@@ -123,6 +124,7 @@ interface CompiledObjective {
   metricNames: string[];
   /** Seeded noise inputs (dropout) the trainer feeds each micro-batch. */
   noise: InputSpec[];
+  grads: GradBuffers;
 }
 
 export class Trainer {
@@ -172,8 +174,13 @@ export class Trainer {
       for (const name of extraNames) grad(obj.extraLosses![name], wrt).forEach((gv, k) => g.output(`grad@${name}:${params[k].name}`, gv));
       const metricNames = Object.keys(obj.metrics ?? {});
       for (const m of metricNames) g.output(`metric:${m}`, obj.metrics![m]);
+      const gradOutputs = new Map<string, number[]>();
+      for (const p of params) {
+        gradOutputs.set(`grad:${p.name}`, p.shape);
+        for (const name of extraNames) gradOutputs.set(`grad@${name}:${p.name}`, p.shape);
+      }
       const compiled = await this.model.runtime.compile(g);
-      return { compiled, params, extraNames, metricNames, noise: noiseSpecs(compiled.inputs) };
+      return { compiled, params, extraNames, metricNames, noise: noiseSpecs(compiled.inputs), grads: new GradBuffers(gradOutputs) };
     })();
     return this.objective;
   }
@@ -292,13 +299,13 @@ export class Trainer {
    */
   async train(train: TokenizedExample[], evalData?: TokenizedExample[]): Promise<TrainResult> {
     if (train.length === 0) throw new SparsetuneError('BAD_DATA', 'training set is empty');
-    let { compiled, params, extraNames, metricNames, noise } = await this.compileObjective();
+    let { compiled, params, extraNames, metricNames, noise, grads } = await this.compileObjective();
     const result: TrainResult = { steps: 0, history: [] };
     await this.method.beforeTraining?.(this.ctx(this.cfg.optimizer.lr), train);
     const resume = this.pendingResume;
     this.pendingResume = null;
     if (resume) {
-      ({ compiled, params, extraNames, metricNames, noise } = await this.applyResume(resume));
+      ({ compiled, params, extraNames, metricNames, noise, grads } = await this.applyResume(resume));
       result.initialEval = this.initialEval;
     } else if (evalData?.length) {
       result.initialEval = this.initialEval = await this.evaluate(evalData);
@@ -333,8 +340,6 @@ export class Trainer {
         const lr = scheduledLr(this.cfg.optimizer.lr, this.step, this.phaseTotal, this.cfg.schedule);
         const ctx = this.ctx(lr);
         const t0 = performance.now();
-        const acc: (Float32Array | null)[] = params.map(() => null);
-        const extraAcc: Record<string, GradMap> = {};
         let lossSum = 0;
         let tokens = 0;
         const metrics: Record<string, number> = {};
@@ -343,29 +348,20 @@ export class Trainer {
           const feeds = { ...paramFeeds(params), ...(this.method.stepFeeds?.(ctx) ?? {}), ...CausalLM.trainFeeds(batch) };
           // Dropout noise: a pure function of (seed, global step, micro-batch), so resumed runs draw the same masks.
           Object.assign(feeds, noiseFeeds(noise, compiled.inputs, feeds, noiseSeed(this.cfg.seed, this.stepsBefore + this.step, micro)));
-          const out = await compiled.run(this.model.feeds(compiled, feeds));
+          const fetch = ['loss', ...metricNames.map((m) => `metric:${m}`)];
+          const out = await compiled.runInto(this.model.feeds(compiled, feeds), grads.bind(micro), fetch);
+          if (micro > 0) grads.accumulate();
           const loss = Number(out.loss.data[0]);
           if (!Number.isFinite(loss)) {
             throw new SparsetuneError('TRAINING_DIVERGED', `loss became ${loss} at step ${this.step}; lower the learning rate (now ${lr}) or enable clipping`);
           }
           lossSum += loss;
           for (const l of batch.labels) if (l !== -100n) tokens++;
-          params.forEach((p, k) => {
-            const g = out[`grad:${p.name}`].data as Float32Array;
-            if (!acc[k]) acc[k] = g;
-            else for (let i = 0; i < g.length; i++) acc[k]![i] += g[i];
-          });
-          for (const name of extraNames) {
-            const map = (extraAcc[name] ??= new Map());
-            for (const p of params) {
-              const g = out[`grad@${name}:${p.name}`].data as Float32Array;
-              const prev = map.get(p.name);
-              if (!prev) map.set(p.name, g);
-              else for (let i = 0; i < g.length; i++) prev[i] += g[i];
-            }
-          }
           for (const m of metricNames) metrics[m] = (metrics[m] ?? 0) + Number(out[`metric:${m}`].data[0]) / this.cfg.gradAccum;
         }
+        const acc: (Float32Array | null)[] = params.map((p) => grads.get(`grad:${p.name}`));
+        const extraAcc: Record<string, GradMap> = {};
+        for (const name of extraNames) extraAcc[name] = new Map(params.map((p) => [p.name, grads.get(`grad@${name}:${p.name}`)]));
         if (this.cfg.gradAccum > 1) {
           const s = 1 / this.cfg.gradAccum;
           for (const g of acc) if (g) for (let i = 0; i < g.length; i++) g[i] *= s;
@@ -407,7 +403,7 @@ export class Trainer {
         this.phase++;
         this.step = 0;
         this.objective = null;
-        ({ compiled, params, extraNames, metricNames, noise } = await this.compileObjective());
+        ({ compiled, params, extraNames, metricNames, noise, grads } = await this.compileObjective());
         this.optimizer = new Optimizer(params, this.cfg.optimizer);
         continue;
       }
