@@ -15,7 +15,7 @@ import { z } from 'zod';
 import type { TokenizedExample } from '../src/io/datasets.js';
 import { bundledModelPath } from '../src/io/model-dir.js';
 import { CausalLM } from '../src/models/causal-lm.js';
-import { LLAMA_30M, randomModel } from '../src/models/random.js';
+import { LLAMA_135M, LLAMA_30M, LLAMA_38M, QWEN_05B, randomModel } from '../src/models/random.js';
 import { methodModule } from '../src/train/registry.js';
 import { Trainer, type StepLog } from '../src/train/trainer.js';
 import { xorshift32Uint32 } from '../src/util/random.js';
@@ -25,7 +25,11 @@ import { peakRssMb } from './util.js';
 const BENCH_MODELS = {
   stories260K: { batch: 16, seq: 64 },
   llama30m: { batch: 8, seq: 128 },
+  llama38m: { batch: 4, seq: 256 },
+  llama135m: { batch: 4, seq: 256 },
+  qwen05b: { batch: 2, seq: 256 },
 } as const;
+const RANDOM_CONFIGS: Record<string, Record<string, unknown>> = { llama30m: LLAMA_30M, llama38m: LLAMA_38M, llama135m: LLAMA_135M, qwen05b: QWEN_05B };
 type BenchModel = keyof typeof BENCH_MODELS;
 
 /** Method configs: defaults, except where a default needs data the benchmark does not have. */
@@ -47,6 +51,8 @@ const argsSchema = z.object({
   steps: z.coerce.number().int().positive().default(5),
   warmup: z.coerce.number().int().nonnegative().default(2),
   seed: z.coerce.number().int().default(0),
+  batch: z.coerce.number().int().positive().optional(),
+  seq: z.coerce.number().int().positive().optional(),
 });
 
 interface WorkerResult {
@@ -98,9 +104,10 @@ function median(xs: number[]): number {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const { batch, seq } = BENCH_MODELS[args.model];
+  const batch = args.batch ?? BENCH_MODELS[args.model].batch;
+  const seq = args.seq ?? BENCH_MODELS[args.model].seq;
   const t0 = performance.now();
-  const model = args.model === 'stories260K' ? await CausalLM.load(bundledModelPath()) : randomModel(LLAMA_30M, { seed: args.seed });
+  const model = args.model === 'stories260K' ? await CausalLM.load(bundledModelPath()) : randomModel(RANDOM_CONFIGS[args.model], { seed: args.seed });
   const data = syntheticExamples(batch * 4, seq, model.vocabSize, args.seed);
   const modelRss = peakRssMb();
 
