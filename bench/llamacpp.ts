@@ -1,8 +1,11 @@
 /**
  * The llama.cpp anchor: the same weights as a CausalLM, written to an F32 GGUF file
- * (bench/gguf.ts) and run through node-llama-cpp (a dev dependency; its prebuilt CPU
- * binary needs no install script). Everything here degrades to a reason string when the
- * package or its binary cannot be used, so the benchmarks report a skip instead of failing.
+ * (bench/gguf.ts) and run through node-llama-cpp. It is not in package.json: the npm
+ * registry this project installs from lacks that package's mac/windows binaries, which
+ * breaks `npm ci` for everyone; install it for a benchmark run with
+ * `npm install --no-save node-llama-cpp@3` (its prebuilt linux CPU binary needs no install
+ * script). Everything here degrades to a reason string when the package or its binary
+ * cannot be used, so the benchmarks report a skip instead of failing.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,13 +23,30 @@ export interface LlamaCppResult {
   maxLogit: number;
 }
 
-type NodeLlama = typeof import('node-llama-cpp');
+/** The slice of node-llama-cpp's API used here (typed locally: the package is optional). */
+interface Sequence {
+  controlledEvaluate(items: unknown[]): Promise<({ next: { logits?: Map<number, number> } } | undefined)[]>;
+  evaluateWithoutGeneratingNewTokens(tokens: number[]): Promise<void>;
+  evaluate(tokens: number[], opts: { temperature: number }): AsyncGenerator<number>;
+  clearHistory(): Promise<void>;
+}
+interface NodeLlama {
+  LlamaLogLevel: { error: unknown };
+  getLlama(opts: Record<string, unknown>): Promise<{
+    loadModel(opts: Record<string, unknown>): Promise<{
+      createContext(opts: Record<string, unknown>): Promise<{ getSequence(): Sequence; dispose(): Promise<void> }>;
+      dispose(): Promise<void>;
+    }>;
+  }>;
+}
+
+const PACKAGE = 'node-llama-cpp';
 
 async function loadPackage(): Promise<NodeLlama | string> {
   try {
-    return await import('node-llama-cpp');
+    return (await import(PACKAGE)) as NodeLlama;
   } catch (e) {
-    return `node-llama-cpp is not installed (${(e as Error).message.split('\n')[0]}); run npm install`;
+    return `node-llama-cpp is not installed (${(e as Error).message.split('\n')[0]}); for this benchmark run npm install --no-save node-llama-cpp@3`;
   }
 }
 
@@ -74,8 +94,8 @@ export async function measureLlamaCpp(
           const seq = ctx.getSequence();
           // Logit check at the prompt's last position.
           const items = opts.prompt.map((t, i) => (i === P - 1 ? [t, { generateNext: { logits: true } }] : t));
-          const res = await seq.controlledEvaluate(items as never);
-          const logits = res[P - 1]?.next.logits as Map<number, number> | undefined;
+          const res = await seq.controlledEvaluate(items);
+          const logits = res[P - 1]?.next.logits;
           let maxLogitDiff = Number.NaN;
           let maxLogit = 0;
           if (logits) {
@@ -86,7 +106,7 @@ export async function measureLlamaCpp(
             }
           }
           await seq.clearHistory();
-          const tokens = opts.prompt as unknown as import('node-llama-cpp').Token[];
+          const tokens = opts.prompt;
           const prefill: number[] = [];
           const decode: number[] = [];
           for (let r = 0; r < opts.rounds + 1; r++) {
