@@ -14,7 +14,7 @@ export * from './io/index.js';
 
 // Models and generation.
 export { CausalLM, type BuiltGraph, type KvCache } from './models/causal-lm.js';
-export { expectedParams, expectedParamShapes, planWeights, FLOAT_WEIGHT_DTYPES, type Dim, type ExpectedParam, type WeightEntry } from './models/param-shapes.js';
+export { expectedParams, expectedParamShapes, planWeights, FLOAT_WEIGHT_DTYPES, type ParamDim, type ExpectedParam, type WeightEntry } from './models/param-shapes.js';
 export { composeHooks, matchesTarget, type LinearSite, type ModelHooks, type ResidualKind } from './models/hooks.js';
 export { streamGenerate, generateIds, generateText, type GenerateOptions, type GenerationEvent, type GenerationResult, type FinishReason } from './models/generate.js';
 export { Sampler, StopStringMatcher, samplingOptionsSchema, type SamplingOptions } from './models/sampling.js';

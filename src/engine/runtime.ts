@@ -1,7 +1,8 @@
 /**
- * Run graphs on onnxruntime-node. Sessions are cached by the ONNX bytes' hash (symbolic
- * batch/sequence dims, so one session serves every size). Inputs are JS-owned typed arrays
- * wrapped without copying: on CPU, ORT reads weight buffers in place.
+ * Run graphs on onnxruntime-node. Compiled graphs are cached by the ONNX bytes' hash (symbolic
+ * batch/sequence dims, so one session serves every size); their native sessions live in a
+ * bounded LRU cache (session-cache.ts) that releases idle ones past its limit. Inputs are
+ * JS-owned typed arrays wrapped without copying: on CPU, ORT reads weight buffers in place.
  */
 import { createHash } from 'node:crypto';
 import ort from 'onnxruntime-node';
@@ -9,6 +10,7 @@ import { SparsetuneError } from '../errors.js';
 import { numel, type DType, type HostTensor } from '../tensor.js';
 import type { Graph, Value } from './ir.js';
 import { toOnnx } from './onnx.js';
+import { SessionCache, type CachedSession, type SessionCacheStats } from './session-cache.js';
 
 export interface RuntimeOptions {
   /** Intra-op threads (default: SPARSETUNE_THREADS or the number of cores, capped by ORT). */
@@ -25,6 +27,13 @@ export interface RuntimeOptions {
    * runtime to files starting with this path prefix; `endProfiling()` flushes them.
    */
   profilePrefix?: string;
+  /**
+   * Most native sessions kept at once (default SPARSETUNE_MAX_SESSIONS or 32). Past it the
+   * least recently used idle ones are released and rebuilt on their next run (session-cache.ts).
+   */
+  maxSessions?: number;
+  /** Most ONNX model bytes of the kept sessions (default 1 GiB). */
+  maxSessionBytes?: number;
 }
 
 const ORT_TYPE: Record<DType, ort.Tensor.Type> = { f32: 'float32', f64: 'float64', i32: 'int32', i64: 'int64', bool: 'bool', u8: 'uint8' };
@@ -33,7 +42,8 @@ const FROM_ORT: Partial<Record<string, DType>> = { float32: 'f32', float64: 'f64
 /** A compiled graph: run it with feeds keyed by input name. */
 export class CompiledGraph {
   constructor(
-    readonly session: ort.InferenceSession,
+    /** The graph's session (created again on demand if the runtime's cache evicted it). */
+    readonly session: CachedSession,
     readonly inputs: { name: string; dtype: DType; shape: (number | string)[] }[],
     readonly outputNames: string[],
   ) {}
@@ -136,6 +146,7 @@ function fromOrt(results: ort.InferenceSession.ReturnType): Record<string, HostT
 /** Owns the session cache and the ORT options. */
 export class Runtime {
   private cache = new Map<string, Promise<CompiledGraph>>();
+  private readonly sessions: SessionCache;
   readonly threads: number;
   readonly executionProviders: string[];
   readonly cpuMemArena: boolean;
@@ -147,6 +158,10 @@ export class Runtime {
     this.executionProviders = opts.executionProviders ?? ['cpu'];
     this.cpuMemArena = opts.cpuMemArena ?? true;
     this.profilePrefix = opts.profilePrefix;
+    const envMax = Number(process.env.SPARSETUNE_MAX_SESSIONS);
+    // Profiles are flushed by endProfiling: while profiling, sessions are kept (no eviction).
+    const defaultMax = this.profilePrefix ? 1 << 20 : Number.isInteger(envMax) && envMax > 0 ? envMax : 32;
+    this.sessions = new SessionCache({ maxSessions: opts.maxSessions ?? defaultMax, maxBytes: opts.maxSessionBytes });
   }
 
   /** Compile (or fetch from cache) the session for a graph. */
@@ -154,38 +169,49 @@ export class Runtime {
     const bytes = toOnnx(g);
     const key = createHash('sha256').update(bytes).digest('hex');
     let p = this.cache.get(key);
-    if (!p) {
+    if (p) {
+      // Most recently used last; the map keeps a bounded number of compiled graphs.
+      this.cache.delete(key);
+      this.cache.set(key, p);
+    } else {
       p = this.create(bytes, g);
       this.cache.set(key, p);
       p.catch(() => this.cache.delete(key));
+      for (const old of this.cache.keys()) {
+        if (this.cache.size <= 4 * this.sessions.maxSessions) break;
+        this.cache.delete(old);
+      }
     }
     return p;
   }
 
   private async create(bytes: Uint8Array, g: Graph): Promise<CompiledGraph> {
-    let session: ort.InferenceSession;
+    let native: ort.InferenceSession;
+    const options: ort.InferenceSession.SessionOptions = {
+      executionProviders: this.executionProviders,
+      ...(this.threads ? { intraOpNumThreads: this.threads } : {}),
+      interOpNumThreads: 1,
+      // ORT's fusions (e.g. QuickGelu) only have f32 kernels: keep f64 graphs (gradient checks) unfused.
+      graphOptimizationLevel: g.inputs.some((v) => v.dtype === 'f64') ? 'basic' : 'all',
+      logSeverityLevel: 3,
+      enableCpuMemArena: this.cpuMemArena,
+      ...(this.profilePrefix ? { enableProfiling: true, profileFilePrefix: this.profilePrefix } : {}),
+    };
     try {
-      session = await ort.InferenceSession.create(bytes, {
-        executionProviders: this.executionProviders,
-        ...(this.threads ? { intraOpNumThreads: this.threads } : {}),
-        interOpNumThreads: 1,
-        // ORT's fusions (e.g. QuickGelu) only have f32 kernels: keep f64 graphs (gradient checks) unfused.
-        graphOptimizationLevel: g.inputs.some((v) => v.dtype === 'f64') ? 'basic' : 'all',
-        logSeverityLevel: 3,
-        enableCpuMemArena: this.cpuMemArena,
-        ...(this.profilePrefix ? { enableProfiling: true, profileFilePrefix: this.profilePrefix } : {}),
-      });
+      native = await ort.InferenceSession.create(bytes, options);
     } catch (e) {
       throw new SparsetuneError('RUNTIME', `onnxruntime rejected the graph '${g.name}': ${(e as Error).message}`, { cause: e });
     }
+    // Kept in the bounded session cache; rebuilt from the same bytes and options if evicted.
+    const session = this.sessions.add(native, bytes.length, () => ort.InferenceSession.create(bytes, options));
     const used = new Set(session.inputNames);
     const inputs = g.inputs.filter((v: Value) => used.has(v.name)).map((v) => ({ name: v.name, dtype: v.dtype, shape: v.shape }));
     return new CompiledGraph(session, inputs, [...session.outputNames]);
   }
 
-  /** Number of cached sessions (for tests and metrics). */
+  /** Native sessions held now (for tests and metrics); at most `maxSessions`. */
   get cachedSessions(): number {
-    return this.cache.size;
+    return this.sessions.stats.resident;
   }
 
   /** Flush the profiles of every session built so far (see `profilePrefix`). */
@@ -199,16 +225,15 @@ export class Runtime {
     }
   }
 
+  /** The session cache's counters: resident sessions and bytes, created, evicted. */
+  get sessionStats(): SessionCacheStats {
+    return this.sessions.stats;
+  }
+
+  /** Release every native session; graphs compiled before must be compiled again. */
   async dispose(): Promise<void> {
-    const all = [...this.cache.values()];
     this.cache.clear();
-    for (const p of all) {
-      try {
-        await (await p).session.release();
-      } catch {
-        // already released or failed to build: nothing to free
-      }
-    }
+    await this.sessions.dispose();
   }
 }
 

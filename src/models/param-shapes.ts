@@ -9,7 +9,7 @@ import type { Gpt2Config, LlamaConfig, ModelConfig } from '../io/config.js';
 import { architectureOf } from './registry.js';
 
 /** One dimension of an expected shape and the config field(s) it comes from. */
-export interface Dim {
+export interface ParamDim {
   size: number;
   /** e.g. "intermediate_size" or "num_attention_heads × head_dim". */
   from: string;
@@ -18,15 +18,15 @@ export interface Dim {
 /** A parameter the architecture reads, with the shape the config implies. */
 export interface ExpectedParam {
   name: string;
-  dims: Dim[];
+  dims: ParamDim[];
 }
 
 function* llamaParams(cfg: LlamaConfig): Generator<ExpectedParam> {
-  const V: Dim = { size: cfg.vocabSize, from: 'vocab_size' };
-  const E: Dim = { size: cfg.hiddenSize, from: 'hidden_size' };
-  const I: Dim = { size: cfg.intermediateSize, from: 'intermediate_size' };
-  const H: Dim = { size: cfg.numHeads * cfg.headDim, from: 'num_attention_heads × head_dim' };
-  const KV: Dim = { size: cfg.numKvHeads * cfg.headDim, from: 'num_key_value_heads × head_dim' };
+  const V: ParamDim = { size: cfg.vocabSize, from: 'vocab_size' };
+  const E: ParamDim = { size: cfg.hiddenSize, from: 'hidden_size' };
+  const I: ParamDim = { size: cfg.intermediateSize, from: 'intermediate_size' };
+  const H: ParamDim = { size: cfg.numHeads * cfg.headDim, from: 'num_attention_heads × head_dim' };
+  const KV: ParamDim = { size: cfg.numKvHeads * cfg.headDim, from: 'num_key_value_heads × head_dim' };
   yield { name: 'model.embed_tokens.weight', dims: [V, E] };
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
@@ -47,11 +47,11 @@ function* llamaParams(cfg: LlamaConfig): Generator<ExpectedParam> {
 }
 
 function* gpt2Params(cfg: Gpt2Config): Generator<ExpectedParam> {
-  const V: Dim = { size: cfg.vocabSize, from: 'vocab_size' };
-  const E: Dim = { size: cfg.hiddenSize, from: 'n_embd' };
-  const E3: Dim = { size: 3 * cfg.hiddenSize, from: '3 × n_embd' };
-  const I: Dim = { size: cfg.intermediateSize, from: 'n_inner (default 4 × n_embd)' };
-  const P: Dim = { size: cfg.maxPositionEmbeddings, from: 'n_positions' };
+  const V: ParamDim = { size: cfg.vocabSize, from: 'vocab_size' };
+  const E: ParamDim = { size: cfg.hiddenSize, from: 'n_embd' };
+  const E3: ParamDim = { size: 3 * cfg.hiddenSize, from: '3 × n_embd' };
+  const I: ParamDim = { size: cfg.intermediateSize, from: 'n_inner (default 4 × n_embd)' };
+  const P: ParamDim = { size: cfg.maxPositionEmbeddings, from: 'n_positions' };
   yield { name: 'transformer.wte.weight', dims: [V, E] };
   yield { name: 'transformer.wpe.weight', dims: [P, E] };
   for (let l = 0; l < cfg.numLayers; l++) {
