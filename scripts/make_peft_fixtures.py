@@ -120,15 +120,15 @@ def write_peft_dir(path: str, cfg: dict, tensors: dict) -> None:
         f.write(f"---\nbase_model: {cfg['base_model_name_or_path']}\nlibrary_name: peft\n---\n\n# Model Card for Model ID\n")
 
 
-def make_lora(g: torch.Generator, weights: dict, config: dict, modules: list, cfg: dict) -> dict:
-    """Random trained-looking factors: A ~ U(±1/sqrt(in)) (PEFT's Kaiming init), B ~ N(0, 0.05)."""
+def make_lora(g: torch.Generator, weights: dict, config: dict, modules: list, cfg: dict, b_std: float = 0.05) -> dict:
+    """Random trained-looking factors: A ~ U(±1/sqrt(in)) (PEFT's Kaiming init), B ~ N(0, b_std)."""
     tensors = {}
     for m in modules:
         fan_in, fan_out = ref.site_in_out(config, weights, m)
         r = pattern_value(cfg["rank_pattern"], m) or cfg["r"]
         bound = 1 / math.sqrt(fan_in)
         tensors[f"base_model.model.{m}.lora_A.weight"] = (torch.rand((r, fan_in), generator=g, dtype=torch.float32) * 2 - 1) * bound
-        tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn((fan_out, r), generator=g, dtype=torch.float32) * 0.05
+        tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn((fan_out, r), generator=g, dtype=torch.float32) * b_std
     return tensors
 
 
@@ -198,7 +198,8 @@ def fixture_stories(g: torch.Generator) -> dict:
     # check_target_module_exists: suffix match on the list, then the layer index after ".layers.".
     modules = [f"model.layers.{i}.{m}" for i in [0, 1, 2, 4] for m in ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]]
     d = os.path.join(OUT, "stories260K-lora")
-    write_peft_dir(d, cfg, make_lora(g, {k: v.float() for k, v in weights.items()}, config, modules, cfg))
+    # Strong enough that greedy text differs from the base model's (so tests comparing text see the adapter).
+    write_peft_dir(d, cfg, make_lora(g, {k: v.float() for k, v in weights.items()}, config, modules, cfg, b_std=0.2))
     r = reference(config, weights, cfg, d, [[1, 403, 407, 261, 378]], greedy_steps=20)
     return {"dir": "stories260K-lora", "model": "models/stories260K", "targets": modules, **r}
 

@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 /** Example files this suite runs; helpers shared by the examples are not examples. */
-const TESTED = ['compose-deltas', 'export-merged-model', 'finetune-lora', 'nm-mask', 'prune-pat', 'serve-adapters', 'sparse-mezo'];
+const TESTED = ['compose-deltas', 'export-merged-model', 'finetune-lora', 'nm-mask', 'prune-pat', 'serve-adapters', 'sparse-mezo', 'transformersjs'];
 const HELPERS = ['steps'];
 
 describe('examples', () => {
@@ -50,6 +50,14 @@ describe('examples', () => {
     expect(r.stdout).toContain('+ spanish + sentiment');
     expect(r.stdout).toContain('composition = both deltas applied in either order');
     for (const d of ['spanish', 'sentiment', 'spanish+sentiment']) await fsp.access(join(out, 'compose-deltas', d, 'adapter.json'));
+  });
+
+  it('transformersjs exports a fine-tuned model that transformers.js runs to the same text', async () => {
+    const r = await runExample('transformersjs');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/held-out loss [\d.]+ -> [\d.]+/);
+    expect(r.stdout).toContain('same text');
+    await fsp.access(join(out, 'transformersjs', 'onnx', 'model.onnx'));
   });
 
   it('export-merged-model writes a HF model directory that reloads with the adapted logits', async () => {

@@ -27,6 +27,7 @@ const COMMANDS: Record<string, CommandEntry> = {
   generate: lazy('generate text from a prompt (streamed)', () => import('./commands/generate.js')),
   merge: lazy('fuse adapters into a standard Hugging Face model directory', () => import('./commands/merge.js')),
   compose: lazy('compose several adapters into one', () => import('./commands/compose.js')),
+  export: lazy('export the model (adapters fused) as ONNX for transformers.js', () => import('./commands/export.js')),
   serve: { summary: 'OpenAI-style server with hot-swappable adapters', run: delegated.serve.run },
   demo: { summary: 'end-to-end demo on the bundled model and data (no network)', run: delegated.demo.run },
   report: { summary: 'summarize training runs and adapters', run: delegated.report.run },

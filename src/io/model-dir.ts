@@ -48,7 +48,7 @@ const generationSchema = z.object({
 });
 
 /** Tokenizer-side files copied along with a model. */
-const TOKENIZER_FILES = [
+export const TOKENIZER_FILES = [
   'tokenizer.json',
   'tokenizer_config.json',
   'special_tokens_map.json',

@@ -1,4 +1,4 @@
-/** Adapter files and their algebra: format, fingerprints, fuse/unfuse, compose, PEFT interop. */
+/** Adapter files and their algebra: format, fingerprints, fuse/unfuse, compose, PEFT interop, ONNX export for transformers.js. */
 export * from './adapter.js';
 export * from './bits.js';
 export * from './validate.js';
@@ -9,3 +9,4 @@ export * from './scale.js';
 export * from './peft.js';
 export { canonicalSum, lowRankProduct, reduceAdapter, type ParamEdit } from './reduce.js';
 export { adapterJsonSchema, type AdapterJson } from './codec.js';
+export * from './onnx-export.js';

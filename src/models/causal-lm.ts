@@ -144,8 +144,8 @@ export class CausalLM {
 
   /**
    * Run the architecture's forward pass inside an existing graph (e.g. a second stochastic
-   * pass for MoSA, or a frozen-base pass for a KL term). Base parameters are shared
-   * between passes of the same graph.
+   * pass for MoSA, or a frozen-base pass for a KL term, or an exported inference graph with a
+   * KV cache). Base parameters are shared between passes of the same graph.
    */
   forward(g: Graph, inputs: ForwardInputs, hooks: ModelHooks = {}): ForwardResult {
     return this.arch.forward(this.context(g, hooks), this.config, inputs);

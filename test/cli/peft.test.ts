@@ -41,6 +41,8 @@ describe('--adapter with a PEFT directory', () => {
     const tok = await Tokenizer.fromDir(join(ROOT, 'models', 'stories260K'));
     expect(tok.encode('Once upon a time')).toEqual(ref.greedy.prompt_ids);
     expect(gen.stdout.trim()).toBe(tok.decode(ref.greedy.generated_ids).trim());
+    const base = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'stories260K-reference.json'), 'utf8'));
+    expect(ref.greedy.generated_ids).not.toEqual(base.greedy.generated_ids); // the adapter shows in the text
   });
 
   it('merge and compose read PEFT saved modules against the base', async () => {

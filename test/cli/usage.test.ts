@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli } from './helpers.js';
 
-const OWN_COMMANDS = ['train', 'eval', 'logits', 'generate', 'merge', 'compose'];
+const OWN_COMMANDS = ['train', 'eval', 'logits', 'generate', 'merge', 'compose', 'export'];
 
 let tmp: string;
 let goodData: string;

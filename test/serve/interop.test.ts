@@ -43,7 +43,11 @@ beforeAll(async () => {
   cpSync(path.join(FIX, 'stories260K-lora'), path.join(dir, 'peft'), { recursive: true });
   cpSync(path.join(FIX, 'stories260K-lora'), path.join(dir, 'more', 'peft2'), { recursive: true });
   server = await createServer({ model, adaptersDir: dir });
-  peftText = model.tokenizer!.decode(refs['stories260K-lora'].greedy.generated_ids);
+  const { prompt_ids: promptIds, generated_ids: genIds } = refs['stories260K-lora'].greedy;
+  peftText = model.tokenizer!.decode([...promptIds, ...genIds]).slice(model.tokenizer!.decode(promptIds).length);
+  // The fixture LoRA changes the greedy text, so matching it proves the adapter was applied.
+  const baseIds = JSON.parse(readFileSync(path.resolve('test/fixtures/stories260K-reference.json'), 'utf8')).greedy.generated_ids;
+  expect(peftText).not.toBe(model.tokenizer!.decode([...promptIds, ...baseIds]).slice(model.tokenizer!.decode(promptIds).length));
   client = new OpenAI({ baseURL: `${await server.listen(0)}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
 afterAll(async () => {

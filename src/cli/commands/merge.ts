@@ -9,9 +9,11 @@ import { writeModelDir } from '../../io/model-dir.js';
 import { loadAdapter } from '../../merge/adapter.js';
 import { checkFingerprint } from '../../merge/fingerprint.js';
 import type { Adapter } from '../../merge/types.js';
-import type { CausalLM } from '../../models/causal-lm.js';
+import { CausalLM } from '../../models/causal-lm.js';
+import { addOnnxToModelDir } from '../../merge/onnx-export.js';
 import type { HostTensor } from '../../tensor.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
+import { externalDataFlag } from './export.js';
 import { applyAdapters, loadCliModel, resolveCliAdapter } from '../adapters.js';
 import { loadOptional, optionalModules } from '../optional.js';
 import { log } from '../output.js';
@@ -27,6 +29,8 @@ export const spec: CommandSpec = {
     dtype: { type: 'string', value: 'TYPE', description: 'stored weight type: f32, f16, bf16', default: 'f32' },
     overwrite: { type: 'boolean', description: 'replace a non-empty --out' },
     force: { type: 'boolean', description: 'fuse adapters even if trained on other base weights' },
+    onnx: { type: 'boolean', description: 'also write onnx/model.onnx, so the directory loads in transformers.js (see `sparsetune export`)' },
+    'external-data': { type: 'string', value: 'WHEN', description: 'with --onnx: weights in onnx/model.onnx_data: auto (above 1 GiB), always, never', default: 'auto' },
   },
   notes: 'A pruned adapter (PAT) exports the pruned, smaller model with an updated config.json; other adapters are fused first.',
 };
@@ -43,6 +47,9 @@ export async function run(argv: string[]): Promise<void> {
   const out = f.required('out');
   const dtype = ({ f32: 'F32', f16: 'F16', bf16: 'BF16' } as const)[f.choice('dtype', ['f32', 'f16', 'bf16'] as const, 'f32')!];
   const overwrite = f.bool('overwrite');
+  const onnx = f.bool('onnx');
+  if (f.has('external-data') && !onnx) throw new UsageError('merge', '--external-data only applies with --onnx');
+  externalDataFlag(f);
   const existing = await fsp.readdir(out).catch(() => [] as string[]);
   if (existing.length && !overwrite) throw new UsageError('merge', `--out ${out} is not empty; choose another directory or pass --overwrite`);
 
@@ -77,5 +84,10 @@ export async function run(argv: string[]): Promise<void> {
   const dtypes = dtype === 'F32' ? undefined : Object.fromEntries([...weights.keys()].map((k) => [k, dtype]));
   log(`writing ${out}`);
   await writeModelDir(out, { configJson, weights, tokenizerFrom: model.source }, { overwrite, dtypes });
-  process.stdout.write(`merged ${dirs.length} adapter(s) into ${out}\n`);
+  if (onnx) {
+    log(`writing ${path.join(out, 'onnx')}`);
+    // From the directory just written, so the ONNX graph is exactly the merged (or pruned) model.
+    await addOnnxToModelDir(await CausalLM.load(out), out, { externalData: externalDataFlag(f) });
+  }
+  process.stdout.write(`merged ${dirs.length} adapter(s) into ${out}${onnx ? ' (with onnx/ for transformers.js)' : ''}\n`);
 }
