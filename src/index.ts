@@ -18,6 +18,7 @@ export { expectedParams, expectedParamShapes, planWeights, FLOAT_WEIGHT_DTYPES, 
 export { composeHooks, matchesTarget, type LinearSite, type ModelHooks, type ResidualKind } from './models/hooks.js';
 export { streamGenerate, generateIds, generateText, type GenerateOptions, type GenerationEvent, type GenerationResult, type FinishReason } from './models/generate.js';
 export { Sampler, StopStringMatcher, samplingOptionsSchema, type SamplingOptions } from './models/sampling.js';
+export { modelCost, type ModelCost } from './models/cost.js';
 
 // Training: the loop, methods, optimizers, runs with checkpoints/metrics/progress, evaluation.
 export * from './train/trainer.js';

@@ -21,6 +21,7 @@ import type { ModelHooks } from '../models/hooks.js';
 import type { HostTensor } from '../tensor.js';
 import type { Method, TrainableParam } from '../train/method.js';
 import { parseMethodConfig, selectSites } from './common.js';
+import type { MethodRecipe } from '../train/recipe.js';
 
 export const fullConfigSchema = z.object({
   /**
@@ -132,6 +133,22 @@ function denseDifference(current: Float32Array, original: Float32Array): Additiv
   }
   return { indices, values };
 }
+
+/**
+ * The full fine-tuning baseline of S2FT's comparison (experiments/train_script/
+ * finetune_commensense_llama2_full.sh): Adam betas (0.9, 0.95), no weight decay, lr 1e-5,
+ * linear decay after 100 warmup steps, clipping 1.0, global batch 64.
+ */
+export const recipe: MethodRecipe = {
+  source: 'S2FT (Yang et al. 2024) full fine-tuning baseline, Infini-AI-Lab/S2FT experiments/train_script/finetune_commensense_llama2_full.sh (Adam 0.9/0.95, wd 0, lr 1e-5, linear, warmup 100, clip 1.0, batch 64)',
+  lr: 3e-3,
+  steps: 200,
+  batchSize: 8,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.95, weightDecay: 0 },
+  schedule: { type: 'linear', warmupSteps: 4, minRatio: 0 },
+  clipNorm: 1,
+  notes: 'lr 1e-5 is for a 7B model over ~8k steps; tiny models over 200 steps need ~300x (best of 3e-4/1e-3/3e-3 on stories260K; grid in bench/outcomes/s2ft.ts)',
+};
 
 export const configSchema = fullConfigSchema;
 export const summary = 'Full fine-tuning baseline: trains the base weights in place (optionally only targetModules); exports the dense delta as an additive adapter';

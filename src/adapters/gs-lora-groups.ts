@@ -78,13 +78,25 @@ export function proxGroupLasso(groups: ParamGroup[], t: number): number {
 }
 
 /**
- * Groups that survive the post-hoc threshold ||theta_g|| >= tau·max_g ||theta_g||
- * (a zero group never survives).
+ * Groups that survive the post-hoc threshold ||theta_g|| >= tau·ref with
+ * ref = max(max_g ||theta_g||, floor): `floor` (the largest group norm at initialisation)
+ * keeps the rule meaningful when every group has shrunk to nothing. A zero group never survives.
  */
-export function survivingGroups(groups: ParamGroup[], tau: number): Set<ParamGroup> {
+export function survivingGroups(groups: ParamGroup[], tau: number, floor = 0): Set<ParamGroup> {
   const norms = groups.map((g) => groupNorm(g));
-  const max = Math.max(0, ...norms);
-  return new Set(groups.filter((_, k) => norms[k] > 0 && norms[k] >= tau * max));
+  const ref = Math.max(floor, ...norms);
+  return new Set(groups.filter((_, k) => norms[k] > 0 && norms[k] >= tau * ref));
+}
+
+/** Set every group outside `alive` to exactly zero; returns how many groups that touched. */
+export function zeroGroups(groups: ParamGroup[], alive: Set<ParamGroup>): number {
+  let n = 0;
+  for (const g of groups) {
+    if (alive.has(g) || isZeroGroup(g)) continue;
+    for (const p of g.params) p.data.fill(0);
+    n++;
+  }
+  return n;
 }
 
 /** The pairs whose A and B both belong to surviving groups (a pair with a dead factor is zero). */

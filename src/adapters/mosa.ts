@@ -31,6 +31,7 @@ import { paramFeeds } from '../train/param-feeds.js';
 import { initRng, kaimingUniform, paramValue, parseMethodConfig, zodMessage } from './common.js';
 import { adapterBranch, layerTensorNames, layerTensorShapes, mergedHooks, mosaActivations, mosaAdapterConfigSchema, type BranchOptions, type MosaAdapterConfig } from './mosa-branch.js';
 import { createSplit, maskGradients, mergeSplit, restoreMaskedOut, selectedModule, snapshotUsed, type SplitTensor } from './mosa-split.js';
+import type { MethodRecipe } from '../train/recipe.js';
 
 export const mosaConfigSchema = z.object({
   /** Bottleneck width m. */
@@ -271,6 +272,22 @@ export class MosaMethod implements Method {
     return { hooks: mergedHooks(cfg), feeds };
   }
 }
+
+/**
+ * The reference recipe (scripts/mosa/vit/FGVC/*.sh over configs/base-finetune.yaml): AdamW
+ * lr 1e-3, weight decay 0.01 (biases and norms excluded), cosine schedule with 10 of 100
+ * epochs of warmup, batch 128, bottleneck 64, K 4, shared Down, consistency weight 1.
+ */
+export const recipe: MethodRecipe = {
+  source: 'MoSA (Split & Merge, Zhang et al. 2024), Theia-4869/MoSA scripts/mosa/vit/FGVC/cub.sh + configs/base-finetune.yaml (AdamW lr 1e-3, wd 0.01, cosine, warmup 10 of 100 epochs, batch 128)',
+  lr: 1e-2,
+  steps: 200,
+  batchSize: 8,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.999, weightDecay: 0.01 },
+  schedule: { type: 'cosine', warmupSteps: 20, minRatio: 0 },
+  clipNorm: 0,
+  notes: 'warmup kept at 10% of the steps; batch 8 and lr 1e-2 for tiny models over 200 steps (on stories260K 1e-3 barely moves in 100 steps, 1e-2 to 3e-2 is best; grid in bench/outcomes/mosa.ts)',
+};
 
 export const configSchema = mosaConfigSchema;
 export const summary = 'MoSA: parallel MLP adapters split into K sparse modules (two-pass consistency training), merged into one dense adapter that runs unfused';

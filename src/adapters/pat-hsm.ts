@@ -28,10 +28,13 @@ export function hsmKey(kind: ResidualKind, layer: number): string {
   return kind === 'embed' ? 'embed' : `layers.${layer}.${kind}`;
 }
 
-/** HSMs for a Llama model with `layers` blocks and hidden width `d`, rank `k`. */
-export function createHsms(layers: number, d: number, k: number, seed: number): Hsm[] {
+/**
+ * HSMs for a Llama model with `layers` blocks and hidden width `d`, rank `k`. `embed: false`
+ * (tied embeddings) leaves the embedding without an HSM: it then gets the shared mask alone.
+ */
+export function createHsms(layers: number, d: number, k: number, seed: number, opts: { embed?: boolean } = {}): Hsm[] {
   const rand = initRng(seed ^ 0x5a17);
-  const keys = ['embed', ...Array.from({ length: layers }, (_, l) => [`layers.${l}.attn`, `layers.${l}.mlp`]).flat()];
+  const keys = [...(opts.embed === false ? [] : ['embed']), ...Array.from({ length: layers }, (_, l) => [`layers.${l}.attn`, `layers.${l}.mlp`]).flat()];
   return keys.map((key) => ({
     key,
     D: { name: `pat.hsm.${key}.D`, shape: [k, d], data: kaimingUniform(k * d, d, rand), decay: true },
@@ -60,16 +63,21 @@ export function maskValue(g: Graph, m: TrainableParam, mode: 'train' | 'eval'): 
   return add(sigmoid(mul(gated, scalarInput(g, SCHEDULE_INPUTS.temperature))), scalarInput(g, SCHEDULE_INPUTS.bias));
 }
 
-/** Residual hook applying the HSMs with the shared mask (computed once per graph). */
+/**
+ * Residual hook applying the HSMs with the shared mask (computed once per graph). An
+ * embedding without an HSM (tied embeddings) is multiplied by the mask alone, so pruned
+ * channels are zero in the stream from the start either way.
+ */
 export function hsmHooks(hsms: Hsm[], m: TrainableParam, mode: 'train' | 'eval'): ModelHooks {
   const byKey = new Map(hsms.map((h) => [h.key, h]));
   const masks = new WeakMap<Graph, Value>();
   return {
     residual: (kind, layer, h, g) => {
       const hsm = byKey.get(hsmKey(kind, layer));
-      if (!hsm) return h;
+      if (!hsm && kind !== 'embed') return h;
       let mask = masks.get(g);
       if (!mask) masks.set(g, (mask = maskValue(g, m, mode)));
+      if (!hsm) return mul(h, mask);
       const mixed = add(h, linear(linear(h, paramValue(g, hsm.D)), paramValue(g, hsm.U)));
       return mul(mixed, mul(paramValue(g, hsm.s), mask));
     },

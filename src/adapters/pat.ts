@@ -23,6 +23,7 @@ import { parseMethodConfig } from './common.js';
 import { createLoraPairs, loraHooks, type LoraPair } from './lora.js';
 import { createHsms, hsmHooks, identityLoss, maskLoss, SCHEDULE_INPUTS, type Hsm } from './pat-hsm.js';
 import { keptChannels, maskSchedule } from './pat-schedule.js';
+import type { MethodRecipe } from '../train/recipe.js';
 
 export const patConfigSchema = z.object({
   /** Target kept width as a fraction of hidden_size (reference: 3072 / 4096 = 0.75). */
@@ -41,9 +42,12 @@ export const patConfigSchema = z.object({
   identityLossWeight: z.number().nonnegative().default(1),
   /** Learning-rate multiplier for the mask logits. */
   maskLrScale: z.number().positive().default(1),
-  r: z.number().int().positive().default(8),
-  alpha: z.number().positive().default(16),
+  /** LoRA rank (reference: 20). */
+  r: z.number().int().positive().default(20),
+  /** LoRA scale numerator, s = alpha / r (reference: 4, so s = 0.2). */
+  alpha: z.number().positive().default(4),
   targetModules: z.union([z.array(z.string()).min(1), z.string()]).default(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']),
+  /** LoRA dropout (reference 0.05; seeded from the run's seed). */
   dropout: z.number().min(0).max(0.9).default(0.05),
   seed: z.number().int().default(0),
 });
@@ -62,6 +66,12 @@ export class PatMethod implements Method {
   readonly hsms: Hsm[];
   /** The shared mask logits m [d] (init 0: every channel kept, mask = 1 at step 0). */
   readonly mask: TrainableParam;
+  /**
+   * The model ties lm_head to the embedding. Then the embedding gets the shared mask but no
+   * HSM of its own (its fold into E would change the head as well), so the pruned model keeps
+   * one matrix, E[:, kept], for both ends: tied stays tied and the export never grows.
+   */
+  readonly tied: boolean;
 
   constructor(
     readonly model: CausalLM,
@@ -73,12 +83,13 @@ export class PatMethod implements Method {
     }
     const cfg: LlamaConfig = model.config;
     this.hidden = cfg.hiddenSize;
+    this.tied = cfg.tieWordEmbeddings;
     this.dKeep = this.config.dKeep ?? Math.max(1, Math.round(this.config.keepRatio * this.hidden));
     if (this.dKeep >= this.hidden) throw new SparsetuneError('BAD_CONFIG', `pat: dKeep ${this.dKeep} must be below hidden_size ${this.hidden}`);
     const k = Math.min(this.config.hsmRank, this.hidden);
     this.loraScale = this.config.alpha / this.config.r;
     this.lora = createLoraPairs(model, 'pat.lora', this.config.targetModules, this.config.r, this.config.seed);
-    this.hsms = createHsms(cfg.numLayers, this.hidden, k, this.config.seed);
+    this.hsms = createHsms(cfg.numLayers, this.hidden, k, this.config.seed, { embed: !this.tied });
     this.mask = { name: 'pat.mask_logits', shape: [this.hidden], data: new Float32Array(this.hidden), decay: false, lrScale: this.config.maskLrScale };
   }
 
@@ -152,6 +163,23 @@ export class PatMethod implements Method {
     return a;
   }
 }
+
+/**
+ * The reference recipe (train_args/sft/lora/llama2-7b-sft-lora-dimdown-learn3072.json and the
+ * README's train.py call): AdamW (paged, 32-bit) lr 5e-5, no weight decay, cosine schedule
+ * with 100 warmup steps, max grad norm 0.3, batch 8 x 2 accumulation x 8 GPUs, 10,000 steps
+ * (the mask schedule's T_end = the run's steps).
+ */
+export const recipe: MethodRecipe = {
+  source: 'PAT (Liu et al. 2024), kriskrisliu/PAT_Pruning-Aware-Tuning train_args/sft/lora/llama2-7b-sft-lora-dimdown-learn3072.json + README (AdamW lr 5e-5, wd 0, cosine, warmup 100, max_grad_norm 0.3, global_step 10000)',
+  lr: 3e-2,
+  steps: 200,
+  batchSize: 8,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.999, weightDecay: 0 },
+  schedule: { type: 'cosine', warmupSteps: 2, minRatio: 0 },
+  clipNorm: 0.3,
+  notes: 'the reference runs 10k steps on Llama-2 7B at lr 5e-5; tiny models over 200 steps need 3e-2 (best of 1e-2/3e-2 with the reference LoRA r 20, alpha 4 on stories260K; grid in bench/outcomes/pat.ts); warmup kept at 1% of the steps',
+};
 
 export const configSchema = patConfigSchema;
 export const summary = 'PAT: LoRA + hybrid sparsification modules with one shared channel mask; exports a smaller dense model (pruned hidden width)';

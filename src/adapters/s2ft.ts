@@ -23,6 +23,7 @@ import type { CausalLM } from '../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../models/hooks.js';
 import type { Method, TrainableParam } from '../train/method.js';
 import { paramValue, parseMethodConfig } from './common.js';
+import type { MethodRecipe } from '../train/recipe.js';
 import {
   activationNormScores, budget, gradientNormScores, PART_MODULE, partAxis, poolGeometry, S2FT_PARTS, selectUnits, unitWidth, weightNormScores,
   type PoolScores, type S2ftPart, type S2ftSelection,
@@ -226,6 +227,23 @@ function activeParts(c: S2ftConfig, cfg: LlamaConfig): S2ftPart[] {
   const r = ratiosOf(c);
   return S2FT_PARTS.filter((p) => budget(geo, p, r[p]) > 0);
 }
+
+/**
+ * The reference recipe (experiments/train_script/finetune_*_llama2_s2.sh with
+ * experiments/train/finetune.py): Adam betas (0.9, 0.95), no weight decay, lr 2e-4
+ * (1e-3 for math), linear decay after 100 warmup steps, gradient clipping 1.0, global batch 64,
+ * 3 epochs.
+ */
+export const recipe: MethodRecipe = {
+  source: 'S2FT (Yang et al. 2024), Infini-AI-Lab/S2FT experiments/train_script/finetune_commensense_llama2_s2.sh + experiments/train/finetune.py (Adam 0.9/0.95, wd 0, lr 2e-4, linear, warmup 100, clip 1.0, batch 64)',
+  lr: 3e-2,
+  steps: 200,
+  batchSize: 8,
+  optimizer: { type: 'adamw', beta1: 0.9, beta2: 0.95, weightDecay: 0 },
+  schedule: { type: 'linear', warmupSteps: 4, minRatio: 0 },
+  clipNorm: 1,
+  notes: 'the reference runs ~8k steps on Llama-2 7B; tiny models over 200 steps need ~150x (best of 3e-3/1e-2/3e-2 on stories260K; grid in bench/outcomes/s2ft.ts), keeping the reference ratio S2FT lr = 3-4x LoRA lr; warmup scaled to ~2% of the steps',
+};
 
 export const configSchema = s2ftConfigSchema;
 export const summary = 'S²FT: dense deltas on randomly (or norm-) selected attention heads and FFN channels; structured adapter';

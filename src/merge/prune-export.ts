@@ -12,8 +12,10 @@
  * 0 in the stream. An RMSNorm over d channels then sees sum(x²)/d, the pruned model sees
  * sum(x²)/d_keep: kept norm weights are multiplied by sqrt(d/d_keep), and rms_norm_eps by
  * d/d_keep so that even the epsilon term matches. head_dim is written explicitly (heads are
- * not pruned), and a tied embedding is untied: the folded embedding and the plain lm_head
- * differ.
+ * not pruned). A tied embedding stays tied: PAT gives a tied model's embedding the mask but
+ * no HSM, so E[:, kept] serves both ends and the pruned model never grows. (Adapters whose
+ * config says `tie_word_embeddings: false`, written for a tied base before that, still get a
+ * folded embedding and a separate head of E's kept columns, as they were trained.)
  */
 import { SparsetuneError } from '../errors.js';
 import type { LlamaConfig } from '../io/config.js';
@@ -38,7 +40,7 @@ export function prunedConfigJson(cfg: LlamaConfig, dKeep: number): Record<string
     hidden_size: dKeep,
     head_dim: cfg.headDim,
     rms_norm_eps: (cfg.rmsNormEps * cfg.hiddenSize) / dKeep,
-    tie_word_embeddings: false,
+    tie_word_embeddings: cfg.tieWordEmbeddings,
   };
 }
 
@@ -172,8 +174,16 @@ export function exportPrunedModel(model: CausalLM, adapter: Adapter): { configJs
   const out = new Map<string, HostTensor<'f32'>>();
   const emb = merged.get('model.embed_tokens.weight')!;
   const V = emb.shape[0];
-  out.set('model.embed_tokens.weight', { dtype: 'f32', shape: [V, dk], data: foldEmbedding(emb.data, V, d, hsmOf('embed'), kept) });
-  out.set('lm_head.weight', keepCols(merged.get(cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight')!, kept));
+  const embedHsm = adapter.extra?.has(PAT_EXTRA.hsm('embed', 'D'));
+  if (configJson.tie_word_embeddings) {
+    // Tied stays tied: one matrix, E[:, kept], for the embedding and the head.
+    if (!cfg.tieWordEmbeddings) fail('the adapter asks for tied embeddings but the base model has a separate lm_head');
+    if (embedHsm) fail('a tied model cannot fold an embedding HSM (it would change the head too); re-export it from a PAT run of this version');
+    out.set('model.embed_tokens.weight', keepCols(emb, kept));
+  } else {
+    out.set('model.embed_tokens.weight', { dtype: 'f32', shape: [V, dk], data: embedHsm ? foldEmbedding(emb.data, V, d, hsmOf('embed'), kept) : keepCols(emb, kept).data });
+    out.set('lm_head.weight', keepCols(merged.get(cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight')!, kept));
+  }
   const normScale = Math.sqrt(d / dk);
   const keepNorm = (name: string) => out.set(name, { dtype: 'f32', shape: [dk], data: Float32Array.from(kept, (c) => merged.get(name)!.data[c] * normScale) });
   keepNorm('model.norm.weight');

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
 import { loadDataset, splitHoldout } from '../../src/io/datasets.js';
-import { cyclingBatchSource, GsLoraMethod } from '../../src/adapters/gs-lora.js';
+import { cyclingBatchSource, GsLoraMethod, recipe } from '../../src/adapters/gs-lora.js';
+import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { groupNorm, proxGroupLasso, type ParamGroup } from '../../src/adapters/gs-lora-groups.js';
 import { initRng } from '../../src/adapters/common.js';
 import { Trainer } from '../../src/train/trainer.js';
@@ -35,10 +36,10 @@ describe('GS-LoRA group lasso', () => {
     expect(groupNorm(groups[1])).toBeCloseTo(before - t, 5);
   });
 
-  it('zeroed groups stay exactly 0, their blocks fuse bit-identically, and alpha > 0 leaves more groups below tau', async () => {
+  it('prox mode: zeroed groups stay exactly 0, their blocks fuse bit-identically, and alpha > 0 leaves more groups below tau', async () => {
     const { model, train } = await stories();
     const run = async (lassoWeight: number) => {
-      const m = new GsLoraMethod(model, { groupBy: 'module', lassoWeight, threshold: 0.01 });
+      const m = new GsLoraMethod(model, { groupBy: 'module', lassoWeight, threshold: 0.01, penalty: 'prox' });
       await new Trainer(model, m, { steps: 40, batchSize: 8, optimizer: { lr: 1e-2 } }).train(train);
       return m;
     };
@@ -71,7 +72,7 @@ describe('GS-LoRA group lasso', () => {
 
   it('lowers held-out loss on a shifted domain, and the fused model equals the adapted one', async () => {
     const { model, train, eval: held } = await stories();
-    const m = new GsLoraMethod(model, { lassoWeight: 20 });
+    const m = new GsLoraMethod(model, { lassoWeight: 20, penalty: 'prox' });
     const res = await new Trainer(model, m, { steps: 40, batchSize: 8, optimizer: { lr: 1e-2 }, evalBatches: 4 }).train(train, held);
     expect(res.finalEval!.loss).toBeLessThan(res.initialEval!.loss - 0.3);
     // The fused adapter (surviving groups only) computes what the eval graph computes.
@@ -87,10 +88,41 @@ describe('GS-LoRA group lasso', () => {
   });
 });
 
+describe('GS-LoRA with its defaults (penalty in the loss through AdamW, as the official code) on stories260K', () => {
+  it('zeroes whole blocks exactly: their LoRA tensors are 0, the export drops them, and their fused weights keep the base bits', async () => {
+    const model = await CausalLM.load(bundledModelPath());
+    const all = await loadDataset(join(DATA, 'ud-pud', 'pud_en.txt'), model.tokenizer!, { seqLen: 32 });
+    const m = new GsLoraMethod(model, {});
+    expect(m.config.penalty).toBe('loss');
+    // The recipe (lr 1e-2, AdamW wd 0.05, cosine to 1e-5, 100 steps), at batch 4 for CI time.
+    await new Trainer(model, m, { ...recipeTrainerConfig(recipe), batchSize: 4 }).train(all);
+    const report = m.groupReport();
+    const dead = m.groups.filter((_, k) => !report[k].alive);
+    const alive = m.groups.filter((_, k) => report[k].alive);
+    expect(dead.length).toBeGreaterThan(0);
+    expect(alive.length).toBeGreaterThan(0);
+    for (const g of dead) for (const p of g.params) expect(p.data.every((v) => v === 0), p.name).toBe(true);
+
+    const adapter = m.export(model);
+    expect(adapter.meta.metrics.survivingGroups).toBe(alive.length);
+    expect(adapter.lowrank.size).toBe(3 * alive.length);
+    const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
+    const patcher = new WeightPatcher(model.weights);
+    const h = patcher.apply(adapter);
+    for (const g of m.groups) {
+      for (const mod of ['gate_proj', 'up_proj', 'down_proj']) {
+        const name = `model.layers.${g.layer}.mlp.${mod}.weight`;
+        expect(sameBits(model.weights.get(name)!.data, before.get(name)!), name).toBe(!alive.includes(g));
+      }
+    }
+    patcher.revert(h);
+  }, 60_000);
+});
+
 describe('GS-LoRA dead groups', () => {
   it('a zero group inside the prox dead zone (||grad_g|| <= alpha) gets no update; outside it, it may revive', async () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
-    const m = new GsLoraMethod(model, { lassoWeight: 2, warmupFraction: 0.5 });
+    const m = new GsLoraMethod(model, { lassoWeight: 2, warmupFraction: 0.5, penalty: 'prox' });
     const [dead, live] = m.groups;
     for (const p of dead.params) p.data.fill(0);
     const size = dead.params.reduce((n, p) => n + p.data.length, 0);

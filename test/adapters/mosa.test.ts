@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { CausalLM } from '../../src/models/causal-lm.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
 import { loadDataset, splitHoldout } from '../../src/io/datasets.js';
-import { MosaMethod } from '../../src/adapters/mosa.js';
+import { MosaMethod, recipe } from '../../src/adapters/mosa.js';
+import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { adapterBranch, type BranchTensors } from '../../src/adapters/mosa-branch.js';
 import { moduleMask, partitionEntries } from '../../src/adapters/mosa-split.js';
 import { initRng } from '../../src/adapters/common.js';
@@ -179,6 +180,38 @@ describe('MoSA training step and merge (tiny fixture)', () => {
       await fsp.rm(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('MoSA on stories260K: with dropout 0 the modules diverge only through the split', () => {
+  it('K = 4: identical copies give two identical passes (KL exactly 0) until the split makes them differ; each module moves only its own entries. K = 1: the passes never differ', async () => {
+    const model = await CausalLM.load(bundledModelPath());
+    const data = (await loadDataset(join(DATA, 'ud-pud', 'pud_en.txt'), model.tokenizer!, { seqLen: 32 })).slice(0, 64);
+    const run = async (modules: number) => {
+      const mosa = new MosaMethod(model, { modules, dropout: 0 });
+      const init = new Map(mosa.params().map((p) => [p.name, p.data.slice()]));
+      const res = await new Trainer(model, mosa, { ...recipeTrainerConfig(recipe), steps: 6, batchSize: 4, schedule: { type: 'constant', warmupSteps: 0 } }).train(data);
+      return { mosa, init, kl: res.history.map((h) => h.metrics.sym_kl) };
+    };
+    const split = await run(4);
+    expect(split.kl[0]).toBe(0);
+    expect(Math.max(...split.kl.slice(1))).toBeGreaterThan(1e-6);
+    for (const { split: s } of split.mosa.splitTensors()) {
+      const init = split.init.get(s.modules[0].name)!;
+      let moved = 0;
+      s.modules.forEach((m, k) => {
+        let own = 0;
+        for (let i = 0; i < init.length; i++) {
+          if (s.owner[i] !== k) expect(m.data[i]).toBe(init[i]);
+          else if (m.data[i] !== init[i]) own++;
+        }
+        if (own > 0) moved++;
+      });
+      // Several modules trained (on disjoint entries), so the copies now differ.
+      expect(moved, s.name).toBeGreaterThanOrEqual(2);
+    }
+    const single = await run(1);
+    expect(single.kl.every((v) => v === 0)).toBe(true);
+  }, 60_000);
 });
 
 describe('MoSA on stories260K', () => {

@@ -9,13 +9,17 @@ import { Trainer } from '../../src/train/trainer.js';
 import { grad } from '../../src/engine/autodiff.js';
 import { saveAdapter, loadAdapter } from '../../src/merge/adapter.js';
 import { exportPrunedModel, PAT_EXTRA } from '../../src/merge/prune-export.js';
-import { PatMethod, configSchema, createMethod } from '../../src/adapters/pat.js';
+import { PatMethod, configSchema, createMethod, recipe } from '../../src/adapters/pat.js';
 import { hardMask, maskSchedule } from '../../src/adapters/pat-schedule.js';
 import { SCHEDULE_INPUTS } from '../../src/adapters/pat-hsm.js';
 import type { LlamaConfig } from '../../src/io/config.js';
 import type { StepContext } from '../../src/train/method.js';
 import type { HostTensor } from '../../src/tensor.js';
 import { paramFeeds } from '../../src/train/param-feeds.js';
+import { recipeTrainerConfig } from '../../src/train/recipe.js';
+import { parseModelConfig } from '../../src/io/config.js';
+import { modelCost } from '../../src/models/cost.js';
+import { sharedModelDir } from '../helpers.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
@@ -53,9 +57,9 @@ function paramCount(w: Map<string, HostTensor>): number {
 function expectedShapes(cfg: LlamaConfig, dk: number): Map<string, number[]> {
   const m = new Map<string, number[]>([
     ['model.embed_tokens.weight', [cfg.vocabSize, dk]],
-    ['lm_head.weight', [cfg.vocabSize, dk]],
     ['model.norm.weight', [dk]],
   ]);
+  if (!cfg.tieWordEmbeddings) m.set('lm_head.weight', [cfg.vocabSize, dk]);
   const H = cfg.numHeads * cfg.headDim;
   const KV = cfg.numKvHeads * cfg.headDim;
   for (let l = 0; l < cfg.numLayers; l++) {
@@ -142,7 +146,8 @@ describe('PAT', () => {
     expect(adapter.meta.kind).toBe('pruned');
     const { configJson, weights } = exportPrunedModel(model, adapter);
     expect(configJson.hidden_size).toBe(48);
-    const want = expectedShapes({ ...(model.config as LlamaConfig), tieWordEmbeddings: false }, 48);
+    const want = expectedShapes(model.config as LlamaConfig, 48);
+    expect(configJson.tie_word_embeddings).toBe(true);
     expect(new Set(weights.keys())).toEqual(new Set(want.keys()));
     for (const [name, t] of weights) expect(t.shape, name).toEqual(want.get(name));
     expect(paramCount(weights)).toBeLessThan(paramCount(model.weights));
@@ -156,9 +161,9 @@ describe('PAT', () => {
     expect(maxDiff(await pruned.logits(IDS), await hardMasked(model, pat))).toBeLessThan(1e-4);
   }, 60_000);
 
-  it('folds nonzero HSMs, scales and LoRA exactly (untied GQA fixture and Qwen2 with biases)', async () => {
-    for (const fixture of ['llama-gqa', 'qwen2']) {
-      const model = await CausalLM.load(join(FIXTURES, fixture));
+  it('folds nonzero HSMs, scales and LoRA exactly (untied GQA fixture, Qwen2 with biases, tied stories260K)', async () => {
+    for (const fixture of ['llama-gqa', 'qwen2', 'stories260K']) {
+      const model = await CausalLM.load(fixture === 'stories260K' ? bundledModelPath() : join(FIXTURES, fixture));
       const cfg = model.config as LlamaConfig;
       const pat = new PatMethod(model, { keepRatio: 0.75, r: 3, dropout: 0, hsmRank: 8, seed: 4 });
       let s = 17;
@@ -174,6 +179,7 @@ describe('PAT', () => {
       expect(dk).toBeLessThan(cfg.hiddenSize);
       const { configJson, weights } = exportPrunedModel(model, pat.export(model));
       expect(configJson.hidden_size).toBe(dk);
+      expect(configJson.tie_word_embeddings).toBe(cfg.tieWordEmbeddings);
       const want = expectedShapes(cfg, dk);
       for (const [name, t] of weights) expect(t.shape, `${fixture} ${name}`).toEqual(want.get(name));
       await writeModelDir(join(tmp, `pruned-${fixture}`), { configJson, weights });
@@ -188,6 +194,35 @@ describe('PAT', () => {
       expect(maxDiff(await bad.logits(ids), ref)).toBeGreaterThan(1e-2);
     }
   });
+
+  it('with its defaults on both real checkpoints: the exported model keeps its tie, is smaller and costs fewer MACs per token', async () => {
+    for (const name of ['stories260K', 'tinystories-656K'] as const) {
+      const model = await CausalLM.load(sharedModelDir(name));
+      const cfg = model.config as LlamaConfig;
+      expect(cfg.tieWordEmbeddings).toBe(true);
+      const data = (await loadDataset(join(DATA, 'tinystories', 'tinystories_valid_head.txt'), model.tokenizer!, { seqLen: 32 })).slice(0, 96);
+      const pat = new PatMethod(model, {});
+      // The recipe's optimizer and schedule; a short run (the mask schedule's T_end follows the steps).
+      await new Trainer(model, pat, { ...recipeTrainerConfig(recipe), steps: 40, batchSize: 4 }).train(data);
+      const dk = pat.keptChannels().length;
+      expect(dk, name).toBe(pat.dKeep);
+      const { configJson, weights } = exportPrunedModel(model, pat.export(model));
+      expect(configJson.tie_word_embeddings).toBe(true);
+      expect(weights.has('lm_head.weight')).toBe(false);
+      for (const [n, t] of weights) expect(t.shape, `${name} ${n}`).toEqual(expectedShapes(cfg, dk).get(n));
+      const pruned = new CausalLM(parseModelConfig(configJson, 'pruned'), weights, model.tokenizer, model.generation, 'pruned');
+      const ids = IDS.map((r) => r.map((t) => t % cfg.vocabSize));
+      expect(maxDiff(await pruned.logits(ids), await hardMasked(model, pat, ids))).toBeLessThan(1e-4);
+      // Smaller, and cheaper per token at any context: every linear layer loses the pruned width.
+      const base = modelCost(model, 128);
+      const small = modelCost(pruned, 128);
+      expect(small.parameters).toBe(paramCount(weights));
+      expect(small.parameters).toBeLessThan(base.parameters);
+      expect(small.linearMacs).toBeLessThan(base.linearMacs);
+      expect(small.macsPerToken).toBeLessThan(base.macsPerToken);
+      expect(small.linearMacs / base.linearMacs).toBeLessThan(0.85);
+    }
+  }, 90_000);
 
   it('rejects GPT-2 and malformed adapters with clear errors', async () => {
     const gpt2 = await CausalLM.load(join(FIXTURES, 'gpt2'));
