@@ -20,15 +20,14 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { PatMethod } from '../src/adapters/pat.js';
 import { Runtime } from '../src/engine/runtime.js';
-import { parseModelConfig } from '../src/io/config.js';
 import { collate, loadDataset, splitHoldout, type TokenizedExample } from '../src/io/datasets.js';
 import { bundledModelPath } from '../src/io/model-dir.js';
-import { exportPrunedModel } from '../src/merge/prune-export.js';
 import { CausalLM } from '../src/models/causal-lm.js';
 import { LLAMA_30M, randomModel } from '../src/models/random.js';
 import { Trainer } from '../src/train/trainer.js';
 import { ANSI_C_LCG, lcg32Uint32 } from '../src/util/random.js';
 import { table, writeResults } from './util.js';
+import { comparePerToken, prunedModel, type PairedPerToken } from './per-token.js';
 
 const root = join(import.meta.dirname, '..');
 const threads = Number(process.env.SPARSETUNE_THREADS ?? 2);
@@ -127,68 +126,6 @@ function runTorch(model: ModelKey, method: 'full' | 'lora', tmp: string): TorchR
   const json = r.status === 0 ? lastJson(r.stdout) : null;
   if (!json) return { method, model, skipped: failureReason(r.stderr ?? '', r.status, r.signal) };
   return { method, model, step_ms: Number(json.step_ms), tokens_per_s: Number(json.tokens_per_s), peak_rss_mb: Number(json.peak_rss_mb), baseline_rss_mb: Number(json.baseline_rss_mb) };
-}
-
-interface PerToken {
-  params: number;
-  hidden: number;
-  prefillTokS: number;
-  decodeTokS: number;
-  evalLoss?: number;
-}
-
-interface PairedPerToken {
-  base: PerToken;
-  pruned: PerToken;
-  /** Medians over rounds of the per-round ratio pruned/base tokens/s (rounds run back to back, so drift in machine load cancels). */
-  prefillSpeedup: number;
-  decodeSpeedup: number;
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
-/** Wall times of one prefill (`prompt` tokens, batch 1) and of `decode` single-token steps after it. */
-async function timeGeneration(model: CausalLM, prompt: number, decode: number): Promise<{ prefillMs: number; decodeMs: number }> {
-  const ids = Array.from({ length: prompt }, (_, i) => 1 + ((i * 7) % (model.vocabSize - 1)));
-  const att = ids.map(() => 1);
-  let t0 = performance.now();
-  let { cache } = await model.step([ids], [att], model.emptyCache(1));
-  const prefillMs = performance.now() - t0;
-  t0 = performance.now();
-  for (let s = 0; s < decode; s++) {
-    att.push(1);
-    cache = (await model.step([[5]], [att], cache)).cache;
-  }
-  return { prefillMs, decodeMs: performance.now() - t0 };
-}
-
-/** Base vs pruned model per token, measured in alternating rounds after one warm-up each. */
-async function comparePerToken(base: CausalLM, pruned: CausalLM, prompt: number, decode: number, rounds: number): Promise<PairedPerToken> {
-  await timeGeneration(base, prompt, 2);
-  await timeGeneration(pruned, prompt, 2);
-  const b: { prefillMs: number; decodeMs: number }[] = [];
-  const p: { prefillMs: number; decodeMs: number }[] = [];
-  for (let r = 0; r < rounds; r++) {
-    b.push(await timeGeneration(base, prompt, decode));
-    p.push(await timeGeneration(pruned, prompt, decode));
-  }
-  const summary = (model: CausalLM, xs: typeof b): PerToken => ({
-    params: [...model.weights.values()].reduce((n, w) => n + w.data.length, 0),
-    hidden: model.config.hiddenSize,
-    prefillTokS: prompt / (median(xs.map((x) => x.prefillMs)) / 1000),
-    decodeTokS: decode / (median(xs.map((x) => x.decodeMs)) / 1000),
-  });
-  return {
-    base: summary(base, b),
-    pruned: summary(pruned, p),
-    prefillSpeedup: median(b.map((x, i) => x.prefillMs / p[i].prefillMs)),
-    decodeSpeedup: median(b.map((x, i) => x.decodeMs / p[i].decodeMs)),
-  };
-}
-
-function prunedModel(base: CausalLM, pat: PatMethod, runtime: Runtime): CausalLM {
-  const { configJson, weights } = exportPrunedModel(base, pat.export(base));
-  return new CausalLM(parseModelConfig(configJson, 'pruned export'), weights, base.tokenizer, base.generation, 'pat-pruned', runtime);
 }
 
 async function heldOutLoss(model: CausalLM, held: TokenizedExample[]): Promise<number> {
