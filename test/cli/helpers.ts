@@ -32,3 +32,10 @@ export function json<T = Record<string, unknown>>(r: CliResult): T {
   if (r.code !== 0) throw new Error(`command failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout) as T;
 }
+
+/** Largest |a - b| over two [positions][vocab] logit tables. */
+export function worst(a: number[][], b: number[][]): number {
+  let w = 0;
+  a.forEach((row, t) => row.forEach((x, v) => (w = Math.max(w, Math.abs(x - b[t][v])))));
+  return w;
+}

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeHub, repoFromDir } from '../io/fake-hub.js';
-import { cli, json, ROOT } from './helpers.js';
+import { cli, json, ROOT, worst } from './helpers.js';
 
 const FIX = join(ROOT, 'test', 'fixtures', 'peft');
 const ref = JSON.parse(readFileSync(join(FIX, 'reference.json'), 'utf8'))['stories260K-lora'];
@@ -26,11 +26,6 @@ afterAll(async () => {
   rmSync(home, { recursive: true, force: true });
 });
 
-function worst(a: number[][], b: number[][]): number {
-  let w = 0;
-  a.forEach((row, t) => row.forEach((x, v) => (w = Math.max(w, Math.abs(x - b[t][v])))));
-  return w;
-}
 
 describe('hub ids in the CLI', () => {
   it('downloads --model and --adapter into the HF cache with progress, then works offline', async () => {

@@ -12,7 +12,7 @@ import { Tokenizer } from '../../src/io/tokenizer.js';
 import { loadAdapter } from '../../src/merge/adapter.js';
 import { importPeft } from '../../src/merge/peft.js';
 import { CausalLM } from '../../src/models/causal-lm.js';
-import { cli, json, ROOT, SHARED_DATA } from './helpers.js';
+import { cli, json, ROOT, SHARED_DATA, worst } from './helpers.js';
 
 const FIX = join(ROOT, 'test', 'fixtures', 'peft');
 const refs = JSON.parse(readFileSync(join(FIX, 'reference.json'), 'utf8'));
@@ -22,11 +22,6 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function worst(a: number[][], b: number[][]): number {
-  let w = 0;
-  a.forEach((row, t) => row.forEach((x, v) => (w = Math.max(w, Math.abs(x - b[t][v])))));
-  return w;
-}
 
 describe('--adapter with a PEFT directory', () => {
   it('logits and generate match PEFT\'s forward (PyTorch reference)', async () => {
