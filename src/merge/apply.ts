@@ -105,10 +105,15 @@ export class WeightPatcher {
    * (its `bytes`), 4-5 per element of a dense one (a low-rank pair's B·A).
    */
   prepare(adapter: Adapter, opts: ApplyOptions = {}): PreparedAdapter {
-    return this.prepareForm(adapter, opts);
+    return this.prepareForm(adapter, opts, false);
   }
 
-  private prepareForm(adapter: Adapter, opts: ApplyOptions): PreparedForm {
+  /**
+   * Check and prepare `adapter`; with `fuse`, also fuse each parameter as soon as it is
+   * prepared (a plain apply: its pristine values are then still in the cache when the
+   * fused values are written). Every check runs before the first parameter is fused.
+   */
+  private prepareForm(adapter: Adapter, opts: ApplyOptions, fuse: boolean): PreparedForm {
     if (adapter.pruned) {
       throw new SparsetuneError(
         'BAD_ARGUMENT',
@@ -130,16 +135,28 @@ export class WeightPatcher {
     for (const [name, edit] of reduceAdapter(adapter, (n) => this.shapes.get(n))) {
       const weight = this.weights.get(name)!.data;
       const t = touchedForm(edit, weight.length);
+      let p: PreparedParam;
       if (t.idx === null) {
-        params.push({ name, weight, idx: null, delta: t.delta, cleared: t.cleared, pristine: null, fused: null });
-        continue;
+        p = { name, weight, idx: null, delta: t.delta, cleared: t.cleared, pristine: null, fused: null };
+      } else {
+        if (t.idx.length === 0) continue;
+        const st = this.states.get(name);
+        const pristine = pristineValues(weight, t.idx, st?.edits ?? [], st?.dense ?? null);
+        p = { name, weight, idx: t.idx, delta: t.delta, cleared: t.cleared, pristine, fused: fusedValues(t, pristine) };
       }
-      if (t.idx.length === 0) continue;
-      const st = this.states.get(name);
-      const pristine = pristineValues(weight, t.idx, st?.edits ?? [], st?.dense ?? null);
-      params.push({ name, weight, idx: t.idx, delta: t.delta, cleared: t.cleared, pristine, fused: fusedValues(t, pristine) });
+      params.push(p);
+      if (fuse) this.fuse(p);
     }
     return new PreparedForm(this, adapter.meta, params);
+  }
+
+  private fuse(p: PreparedParam): void {
+    let st = this.states.get(p.name);
+    if (!st) {
+      st = { weight: p.weight, edits: [], dense: null, denseCount: 0 };
+      this.states.set(p.name, st);
+    }
+    fuseParam(st, p);
   }
 
   /**
@@ -149,15 +166,13 @@ export class WeightPatcher {
    * the base untouched.
    */
   apply(adapter: Adapter | PreparedAdapter, opts: ApplyOptions = {}): AppliedHandle {
-    const prepared = adapter instanceof PreparedForm ? adapter : this.prepareForm(adapter as Adapter, opts);
-    this.checkPrepared(prepared);
-    for (const p of prepared.params) {
-      let st = this.states.get(p.name);
-      if (!st) {
-        st = { weight: p.weight, edits: [], dense: null, denseCount: 0 };
-        this.states.set(p.name, st);
-      }
-      fuseParam(st, p);
+    let prepared: PreparedForm;
+    if (adapter instanceof PreparedForm) {
+      prepared = adapter;
+      this.checkPrepared(prepared);
+      for (const p of prepared.params) this.fuse(p);
+    } else {
+      prepared = this.prepareForm(adapter as Adapter, opts, true);
     }
     const handle: AppliedHandle = Object.freeze({ id: this.nextId++, meta: prepared.meta });
     this.records.set(handle, prepared);
