@@ -7,6 +7,7 @@
  * buffer is streamed through the cache, as a model step between two swaps would do on a
  * model larger than the cache: the touched weights are then read from memory.
  */
+import { cpus, loadavg } from 'node:os';
 import { bundledModelPath } from '../src/io/model-dir.js';
 import { WeightPatcher, type AppliedHandle, type PreparedAdapter } from '../src/merge/apply.js';
 import { fingerprintWeights } from '../src/merge/fingerprint.js';
@@ -121,6 +122,7 @@ async function series(model: string, weights: Weights): Promise<SwapRow[]> {
 
 /** Run the swap-latency series on both models; returns the rows and a markdown section. */
 export async function swapLatency(): Promise<{ rows: SwapRow[]; markdown: string }> {
+  const loadBefore = loadavg()[0];
   const stories = await CausalLM.load(bundledModelPath());
   const rows = [...(await series('stories260K', stories.weights)), ...(await series('random llama ~30M', randomModel(LLAMA_30M).weights))];
   const markdown = [
@@ -138,6 +140,9 @@ export async function swapLatency(): Promise<{ rows: SwapRow[]; markdown: string
         r.prepareMs ?? '', r.preparedBytesPerElement ?? '', r.exactRestore ? 'yes' : 'NO',
       ]),
     ),
+    '',
+    `Machine load average (1 min) ${loadBefore.toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end, on ${cpus().length} cores: ` +
+      'these operations are bound by memory latency, so other work on the machine inflates all of them (compare rows of one run).',
   ].join('\n');
   return { rows, markdown };
 }
