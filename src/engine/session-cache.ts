@@ -150,14 +150,7 @@ export class SessionCache {
 
   /** Evict least recently used idle sessions (never `keep`) until within the limits. */
   private async enforce(keep?: CachedSession): Promise<void> {
-    let count = 0;
-    let bytes = 0;
-    for (const e of this.entries) {
-      if (e.native) {
-        count++;
-        bytes += e.bytes;
-      }
-    }
+    let { resident: count, residentBytes: bytes } = this.stats;
     for (const e of this.entries) {
       if (count <= this.maxSessions && bytes <= this.maxBytes) break;
       if (e === keep || e.users > 0 || !e.native) continue;

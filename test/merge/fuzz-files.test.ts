@@ -140,6 +140,35 @@ function editTensors(rand: Rng, tensors: Map<string, HostTensor>): void {
   } else tensors.set(name, { ...t, shape: [], data: t.data.slice(0, 1) } as HostTensor);
 }
 
+/**
+ * A copy of the two-file directory `src` (a JSON manifest and a safetensors file) with one
+ * random corruption: an edited manifest, corrupted bytes, a structural tensor edit, or a
+ * file missing. With `checksum`, adapter.json's checksum is re-pointed at corrupted tensors
+ * so the loader's own checks must catch them.
+ */
+async function corruptedCopy(rand: Rng, src: string, manifest: string, weights: string, checksum: boolean): Promise<string> {
+  const dir = fresh();
+  await fsp.mkdir(dir);
+  for (const f of [manifest, weights]) await fsp.copyFile(path.join(src, f), path.join(dir, f));
+  const what = Math.floor(rand() * 4);
+  if (what === 0) {
+    const json = JSON.parse(await fsp.readFile(path.join(dir, manifest), 'utf8')) as unknown;
+    await fsp.writeFile(path.join(dir, manifest), JSON.stringify(mutateJsonTimes(rand, json, 1 + Math.floor(rand() * 2))));
+  } else if (what === 1) {
+    const bytes = await fsp.readFile(path.join(dir, weights));
+    await fsp.writeFile(path.join(dir, weights), mutateBytes(rand, bytes, 8 + Number(bytes.readBigUInt64LE(0))));
+    if (checksum) await refreshChecksum(dir);
+  } else if (what === 2) {
+    const { tensors, metadata } = await readSafetensors(path.join(dir, weights));
+    editTensors(rand, tensors);
+    await writeSafetensors(path.join(dir, weights), tensors, { metadata });
+    if (checksum) await refreshChecksum(dir);
+  } else {
+    await fsp.rm(path.join(dir, pick(rand, [manifest, weights])));
+  }
+  return dir;
+}
+
 describe('fuzz: adapter directories', () => {
   it('300 corrupted adapters: each loads into one that fuses and unfuses exactly, or is refused clearly', async () => {
     const rand = mulberry32(99);
@@ -153,26 +182,7 @@ describe('fuzz: adapter directories', () => {
     }
     const stats = { ok: 0, refused: 0 };
     for (let trial = 0; trial < 300; trial++) {
-      const src = pick(rand, sources);
-      const dir = fresh();
-      await fsp.mkdir(dir);
-      for (const f of ['adapter.json', 'adapter.safetensors']) await fsp.copyFile(path.join(src, f), path.join(dir, f));
-      const what = Math.floor(rand() * 4);
-      if (what === 0) {
-        const json = JSON.parse(await fsp.readFile(path.join(dir, 'adapter.json'), 'utf8')) as unknown;
-        await fsp.writeFile(path.join(dir, 'adapter.json'), JSON.stringify(mutateJsonTimes(rand, json, 1 + Math.floor(rand() * 2))));
-      } else if (what === 1) {
-        const bytes = await fsp.readFile(path.join(dir, 'adapter.safetensors'));
-        await fsp.writeFile(path.join(dir, 'adapter.safetensors'), mutateBytes(rand, bytes, 8 + Number(bytes.readBigUInt64LE(0))));
-        if (rand() < 0.8) await refreshChecksum(dir);
-      } else if (what === 2) {
-        const { tensors, metadata } = await readSafetensors(path.join(dir, 'adapter.safetensors'));
-        editTensors(rand, tensors);
-        await writeSafetensors(path.join(dir, 'adapter.safetensors'), tensors, { metadata });
-        await refreshChecksum(dir);
-      } else {
-        await fsp.rm(path.join(dir, pick(rand, ['adapter.json', 'adapter.safetensors'])));
-      }
+      const dir = await corruptedCopy(rand, pick(rand, sources), 'adapter.json', 'adapter.safetensors', rand() < 0.8);
       const r = await okOrSparsetuneError(`adapter trial ${trial}`, () => loadAdapter(dir, { shapes }));
       if (!r.ok) {
         stats.refused++;
@@ -216,22 +226,7 @@ describe('fuzz: PEFT LoRA directories', () => {
     expect(sources.length).toBeGreaterThan(1);
     const stats = { ok: 0, refused: 0 };
     for (let trial = 0; trial < 200; trial++) {
-      const src = pick(rand, sources);
-      const dir = fresh();
-      await fsp.mkdir(dir);
-      for (const f of ['adapter_config.json', 'adapter_model.safetensors']) await fsp.copyFile(path.join(src, f), path.join(dir, f));
-      const what = Math.floor(rand() * 3);
-      if (what === 0) {
-        const json = JSON.parse(await fsp.readFile(path.join(dir, 'adapter_config.json'), 'utf8')) as unknown;
-        await fsp.writeFile(path.join(dir, 'adapter_config.json'), JSON.stringify(mutateJsonTimes(rand, json, 1 + Math.floor(rand() * 2))));
-      } else if (what === 1) {
-        const bytes = await fsp.readFile(path.join(dir, 'adapter_model.safetensors'));
-        await fsp.writeFile(path.join(dir, 'adapter_model.safetensors'), mutateBytes(rand, bytes, 8 + Number(bytes.readBigUInt64LE(0))));
-      } else {
-        const { tensors, metadata } = await readSafetensors(path.join(dir, 'adapter_model.safetensors'));
-        editTensors(rand, tensors);
-        await writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors, { metadata });
-      }
+      const dir = await corruptedCopy(rand, pick(rand, sources), 'adapter_config.json', 'adapter_model.safetensors', false);
       const r = await okOrSparsetuneError(`peft trial ${trial}`, () => importPeft(dir));
       if (!r.ok) {
         stats.refused++;
