@@ -20,8 +20,12 @@ Options:
   --api-key KEY            require "Authorization: Bearer KEY" (default: SPARSETUNE_API_KEY, else none)
   --max-queue N            sequences allowed to wait before requests get 429 (default 64)
   --max-tokens N           largest max_tokens a request may ask for (default 256)
-  --max-batch N            sequences decoded together per adapter set (default 8)
+  --max-batch N            sequences decoded together in one batch (default 32)
   --memory-budget-mb N     memory for resident adapters; least recently used are evicted (default 1024)
+  --unfused-budget-mb N    memory for unfused adapter tables not in use; LRU evicted (default 1024)
+  --max-unfused-density X  run a set unfused while its per-token work is at most this
+                           fraction of the model's dense work, else fuse it (default 0.25)
+  --fused-only             never run adapters unfused: one adapter set at a time, swapped in
   --help                   show this help`;
 
 const flagsSchema = z.object({
@@ -32,8 +36,11 @@ const flagsSchema = z.object({
   'api-key': z.string().min(8, '--api-key must be at least 8 characters').optional(),
   'max-queue': z.coerce.number().int().positive().default(64),
   'max-tokens': z.coerce.number().int().positive().default(256),
-  'max-batch': z.coerce.number().int().positive().max(256).default(8),
+  'max-batch': z.coerce.number().int().positive().max(256).default(32),
   'memory-budget-mb': z.coerce.number().positive().default(1024),
+  'unfused-budget-mb': z.coerce.number().positive().default(1024),
+  'max-unfused-density': z.coerce.number().min(0).max(100).default(0.25),
+  'fused-only': z.boolean().default(false),
 });
 
 export type ServeFlags = z.infer<typeof flagsSchema>;
@@ -54,6 +61,9 @@ export function parseServeFlags(argv: string[]): { help: true } | ({ help: false
         'max-tokens': { type: 'string' },
         'max-batch': { type: 'string' },
         'memory-budget-mb': { type: 'string' },
+        'unfused-budget-mb': { type: 'string' },
+        'max-unfused-density': { type: 'string' },
+        'fused-only': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -90,6 +100,9 @@ export async function runServe(argv: string[]): Promise<void> {
     maxTokens: flags['max-tokens'],
     maxBatch: flags['max-batch'],
     memoryBudgetMb: flags['memory-budget-mb'],
+    unfused: !flags['fused-only'],
+    unfusedBudgetMb: flags['unfused-budget-mb'],
+    maxUnfusedDensity: flags['max-unfused-density'],
     log,
   });
   for (const s of server.skipped) log(`adapter ${s.id} not loaded: ${s.error}`);

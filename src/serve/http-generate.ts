@@ -88,10 +88,10 @@ export function registerGenerationRoutes(app: FastifyInstance, svc: ServeService
         ? parseBody<ChatRequest>(chatRequestSchema, request.body, 'POST /v1/chat/completions')
         : parseBody<CompletionRequest>(completionRequestSchema, request.body, 'POST /v1/completions');
     refuseUnsupported(body);
-    const ids = svc.resolveSet(body.model, body.adapters);
+    const members = svc.resolveMembers(body.model, body.adapters);
     const specs = kind === 'chat' ? chatSpecs(body as ChatRequest, svc.model, limits) : completionSpecs(body as CompletionRequest, svc.model, limits);
     const promptTokens = [...new Set(specs.map((s) => s.prompt))].reduce((n, p) => n + p.length, 0);
-    const job = await svc.generate(ids, specs);
+    const job = await svc.generate(members, specs);
     // 'close' before the response finished = the client went away: stop generating for it.
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) job.cancel();

@@ -4,7 +4,8 @@ export { runServe, parseServeFlags, SERVE_USAGE, type ServeFlags } from './cli.j
 export { ServeService, MAX_SET_SIZE } from './service.js';
 export { AdapterRegistry, AdapterEntry, ADAPTER_ID, BASE_MODEL_ID, adapterBytes, type RegistryOptions } from './registry.js';
 export { Swapper, type SwapMember, type SwapReport } from './swapper.js';
-export { Scheduler, setKey, type SchedulerOptions } from './scheduler.js';
+export { Scheduler, type SchedulerOptions, type UnfusedServing } from './scheduler.js';
+export { MAX_SCALE, ServeSet, SetMember, type RequestedAdapter } from './adapter-set.js';
 export { WeightGate } from './gate.js';
 export { ServerMetrics } from './metrics.js';
 export { Job, type JobEvent } from './job.js';

@@ -65,6 +65,8 @@ export interface GaugeSource {
   activeSequences(): number;
   adaptersLoaded(): number;
   adapterResidentBytes(): number;
+  /** Bytes of unfused adapter tables held in memory. */
+  unfusedTableBytes?(): number;
 }
 
 export class ServerMetrics {
@@ -76,6 +78,9 @@ export class ServerMetrics {
   readonly swaps = new LabeledCounter('sparsetune_swaps_total', 'Weight swaps between adapter sets.', true);
   readonly adapterRequests = new LabeledCounter('sparsetune_adapter_requests_total', 'Generation requests per adapter ("base" for none).');
   readonly swapSeconds = new Histogram('sparsetune_swap_seconds', 'Time to move the base weights from one adapter set to another.');
+  readonly runs = new LabeledCounter('sparsetune_mixed_runs_total', 'Model runs of the mixed batch (path: dense = no row had unfused work, unfused = cut graph with per-row contributions).');
+  readonly unfusedRows = new LabeledCounter('sparsetune_unfused_rows_total', 'Rows that added unfused adapter contributions, summed over model runs.', true);
+  readonly fusedSetChanges = new LabeledCounter('sparsetune_fused_set_changes_total', 'Times the cost rule changed the set fused into the weights for the mixed batch.', true);
 
   constructor(private readonly gauges: GaugeSource) {}
 
@@ -91,11 +96,15 @@ export class ServerMetrics {
         this.cancelled.render(),
         this.swaps.render(),
         this.swapSeconds.render(),
+        this.runs.render(),
+        this.unfusedRows.render(),
+        this.fusedSetChanges.render(),
         this.adapterRequests.render(),
         gauge('sparsetune_queue_depth', 'Sequences waiting for a batch slot.', this.gauges.queueDepth()),
         gauge('sparsetune_active_sequences', 'Sequences being decoded.', this.gauges.activeSequences()),
         gauge('sparsetune_adapters_loaded', 'Registered adapters.', this.gauges.adaptersLoaded()),
         gauge('sparsetune_adapter_resident_bytes', 'Bytes of adapter payloads held in memory.', this.gauges.adapterResidentBytes()),
+        gauge('sparsetune_unfused_table_bytes', 'Bytes of unfused adapter tables held in memory.', this.gauges.unfusedTableBytes?.() ?? 0),
       ].join('\n') + '\n'
     );
   }

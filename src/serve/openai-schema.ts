@@ -11,11 +11,20 @@ const tokenId = z.number().int().nonnegative();
 export const MAX_LOGPROBS = 20;
 const stop = z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullable().optional();
 
+/** One entry of the `adapters` field with a scale. The service checks the scale, naming the adapter. */
+const adapterWithScale = z.strictObject({
+  id: z.string().min(1).max(64),
+  scale: z.unknown().optional(),
+});
+
 /** Fields shared by completions and chat completions. */
 const common = {
   model: z.string().min(1).max(512),
-  /** Extension: adapter ids to apply (added to those named by `model`). */
-  adapters: z.array(z.string().min(1).max(64)).max(16).optional(),
+  /**
+   * Extension: adapters to apply (added to those named by `model`): ids, or
+   * `{"id": "sw", "scale": 0.5}` for a per-request scale (default 1).
+   */
+  adapters: z.array(z.union([z.string().min(1).max(64), adapterWithScale])).max(16).optional(),
   max_tokens: z.number().int().positive().nullable().optional(),
   temperature: z.number().min(0).max(2).nullable().optional(),
   top_p: z.number().gt(0).max(1).nullable().optional(),

@@ -87,6 +87,8 @@ export function adapterBytes(a: Adapter): number {
 export class AdapterRegistry {
   private readonly entries = new Map<string, AdapterEntry>();
   private readonly loading = new Set<string>();
+  /** Ids whose adapter was refused as unservable (pruned, unfused-only), with the reason. */
+  private readonly refused = new Map<string, string>();
   private readonly log: (message: string) => void;
 
   private constructor(private readonly opts: RegistryOptions) {
@@ -131,6 +133,11 @@ export class AdapterRegistry {
     return this.entries.get(id);
   }
 
+  /** Why the adapter named `id` was refused when the server tried to load it, if it was. */
+  refusedReason(id: string): string | undefined {
+    return this.refused.get(id);
+  }
+
   /** Bytes of all resident payloads. */
   get residentBytes(): number {
     let n = 0;
@@ -153,7 +160,15 @@ export class AdapterRegistry {
     this.loading.add(id);
     try {
       const dir = await this.resolveInside(where ?? id);
-      const { adapter, jsonHash } = await this.readAdapter(id, dir);
+      let read;
+      try {
+        read = await this.readAdapter(id, dir);
+      } catch (err) {
+        if (err instanceof SparsetuneError && err.code === 'BAD_ADAPTER') this.refused.set(id, err.message);
+        throw err;
+      }
+      const { adapter, jsonHash } = read;
+      this.refused.delete(id);
       const entry = new AdapterEntry(id, dir, adapter.meta, adapterBytes(adapter), jsonHash, adapter);
       this.entries.set(id, entry);
       this.enforceBudget(entry);
@@ -231,13 +246,13 @@ export class AdapterRegistry {
   private async readAdapter(id: string, dir: string): Promise<{ adapter: Adapter; jsonHash: string }> {
     const adapter = await loadAdapter(dir, { shapes: this.opts.shapes });
     if (adapter.pruned) {
-      throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" is a pruned (structural) adapter; it changes shapes and cannot be hot-swapped, export a pruned model with \`sparsetune merge\` instead`);
+      throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" is a pruned (structural, PAT) adapter: it removes channels, so it defines a smaller base model rather than a change to this one and cannot be served beside other adapters; export the pruned model with \`sparsetune merge\` and serve that`);
     }
     const fusable = adapter.additive.size + adapter.structured.size + adapter.masks.size + adapter.lowrank.size;
     if (fusable === 0 && (adapter.extra?.size ?? 0) > 0) {
       // E.g. MoSA: a parallel branch that cannot be folded into existing weights. Fusing it
       // would silently serve the base model, so refuse it instead.
-      throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" (${adapter.meta.method}) runs unfused (its tensors are a separate branch, not a weight delta) and this server only hot-swaps fusable adapters; use it with \`sparsetune generate --adapter\` or the library API`);
+      throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" (${adapter.meta.method}) is a separate branch beside the model (no weight delta), which this server cannot run: it serves weight deltas, fused or unfused; use it with \`sparsetune generate --adapter\` or the library API`);
     }
     checkFingerprint(adapter, this.opts.fingerprint);
     const manifest = await adapterManifest(dir);

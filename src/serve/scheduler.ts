@@ -1,70 +1,90 @@
 /**
  * The scheduler: request -> queue -> slot -> token loop, one loop for the whole server.
  *
- * Sequences are grouped by adapter set. Each turn of the loop picks one group, makes the
- * weights hold that group's set (a swap, only when it changes), prefills the group's waiting
- * sequences one by one and merges them into the group's running batch, then runs one batched
- * decode step. A group keeps the weights for at most `maxConsecutiveSteps` model runs while
- * another group has work, then the next group (round robin) gets them, so no set starves and
- * a swap is paid once per turn rather than once per token. Paused batches keep their KV
- * caches: a cache computed under a set stays valid until the set is active again.
+ * Work runs in lanes, each with a waiting queue and a running batch (continuous batching,
+ * right-aligned KV caches). The *mixed* lane holds every sequence whose adapter set can run
+ * unfused, whatever the set: one batch, base GEMMs once per step, each row adding its own
+ * adapters' contributions (unfused/). Before each of its model runs the cost rule
+ * (unfused/cost.ts) picks the set the shared weights hold (often the base, or the set most
+ * rows use); rows of other sets add or cancel the difference. Sets that must be fused
+ * (dense masks, adapters touching norms...) get a lane each and run with their set
+ * swapped in, as without unfused serving. Lanes take turns: a lane keeps the loop for at
+ * most `maxConsecutiveSteps` model runs while another lane has work, so none starves, and
+ * paused batches keep their KV caches (a cache depends only on its rows' own sets).
  */
 import { SparsetuneError } from '../errors.js';
-import type { CausalLM } from '../models/causal-lm.js';
+import type { CausalLM, KvCache } from '../models/causal-lm.js';
+import type { HostTensor } from '../tensor.js';
+import { ServeSet } from './adapter-set.js';
 import { DecodeBatch, logitsRow } from './batch.js';
 import type { ServerMetrics } from './metrics.js';
 import { Sequence, type SequenceSink, type SequenceSpec } from './sequence.js';
-import type { SwapMember, Swapper } from './swapper.js';
+import type { Swapper } from './swapper.js';
+import type { FusePolicy } from './unfused/cost.js';
+import type { UnfusedStore } from './unfused/store.js';
 
 export interface SchedulerOptions {
-  /** Most sequences decoded together in one group's batch. */
+  /** Most sequences decoded together in one lane's batch. */
   maxBatch: number;
   /** Most sequences waiting for a slot; more are refused with QUEUE_FULL (HTTP 429). */
   maxQueue: number;
-  /** Most sequences holding a KV cache at once, over all groups. */
+  /** Most sequences holding a KV cache at once, over all lanes. */
   maxActive: number;
-  /** Most consecutive model runs for one group while another group waits. */
+  /** Most consecutive model runs for one lane while another waits. */
   maxConsecutiveSteps: number;
 }
 
-interface Group {
+/** Unfused serving: the tables and executor, and the cost rule. */
+export interface UnfusedServing {
+  store: UnfusedStore;
+  policy: FusePolicy;
+}
+
+interface Lane {
   key: string;
-  set: readonly SwapMember[];
+  /** The set every row of a fused lane uses; null for the mixed lane. */
+  set: ServeSet | null;
   waiting: Sequence[];
   batch: DecodeBatch;
 }
 
-/** Key of an adapter set: member uids, sorted ("" = the base). */
-export function setKey(set: readonly SwapMember[]): string {
-  return set.map((m) => m.uid).sort((a, b) => a - b).join('+');
-}
+const MIXED = '*mixed*';
+const BASE = new ServeSet([]);
+
+type StepOut = { logits: HostTensor<'f32'>; cache: KvCache };
 
 export class Scheduler {
-  private readonly groups = new Map<string, Group>();
-  private current: Group | null = null;
+  private readonly lanes = new Map<string, Lane>();
+  private readonly setOf = new WeakMap<Sequence, ServeSet>();
+  private current: Lane | null = null;
   private consecutive = 0;
   private loopRunning: Promise<void> | null = null;
   private closing = false;
   private idleWaiters: (() => void)[] = [];
+  /** The set the scheduler last had fused into the weights. */
+  private fusedNow: ServeSet = BASE;
+  /** Sets whose sequences ended; their table references are dropped between model runs. */
+  private toRelease: ServeSet[] = [];
 
   constructor(
     private readonly model: CausalLM,
     private readonly swapper: Swapper,
     private readonly metrics: ServerMetrics,
     private readonly opts: SchedulerOptions,
+    private readonly unfused: UnfusedServing | null = null,
   ) {}
 
   /** Sequences waiting for a slot. */
   get queueDepth(): number {
     let n = 0;
-    for (const g of this.groups.values()) for (const s of g.waiting) if (!s.done) n++;
+    for (const g of this.lanes.values()) for (const s of g.waiting) if (!s.done) n++;
     return n;
   }
 
   /** Sequences in running batches. */
   get activeSequences(): number {
     let n = 0;
-    for (const g of this.groups.values()) n += g.batch.size;
+    for (const g of this.lanes.values()) n += g.batch.size;
     return n;
   }
 
@@ -72,7 +92,7 @@ export class Scheduler {
    * Queue sequences that share adapter set `set`. Throws QUEUE_FULL when the queue cannot take
    * them all, UNAVAILABLE while shutting down. `sink` receives their text and ends.
    */
-  submit(set: readonly SwapMember[], specs: readonly SequenceSpec[], sink: SequenceSink): Sequence[] {
+  submit(set: ServeSet, specs: readonly SequenceSpec[], sink: SequenceSink): Sequence[] {
     if (this.closing) throw new SparsetuneError('UNAVAILABLE', 'the server is shutting down; retry against another instance');
     if (specs.length > this.opts.maxQueue) {
       throw new SparsetuneError('BAD_ARGUMENT', `the request asks for ${specs.length} sequences (prompts x n) but this server queues at most ${this.opts.maxQueue}; send fewer prompts or a smaller n`);
@@ -80,14 +100,25 @@ export class Scheduler {
     if (this.queueDepth + specs.length > this.opts.maxQueue) {
       throw new SparsetuneError('QUEUE_FULL', `the queue is full (${this.opts.maxQueue} sequences waiting); retry later`);
     }
-    const key = setKey(set);
-    let group = this.groups.get(key);
-    if (!group) {
-      group = { key, set: [...set], waiting: [], batch: new DecodeBatch() };
-      this.groups.set(key, group);
+    const mixable = this.unfused !== null && (set.isBase || this.unfused.store.acquire(set).mustFuse === null);
+    const key = mixable ? MIXED : set.key;
+    let lane = this.lanes.get(key);
+    if (!lane) {
+      lane = { key, set: mixable ? null : set, waiting: [], batch: new DecodeBatch() };
+      this.lanes.set(key, lane);
     }
-    const seqs = specs.map((spec, i) => new Sequence(i, spec, this.model.tokenizer, sink));
-    group.waiting.push(...seqs);
+    // The first acquire above stands for the first sequence; take one more per extra sequence.
+    if (mixable && !set.isBase) for (let i = 1; i < specs.length; i++) this.unfused!.store.acquire(set);
+    const releasing: SequenceSink = {
+      text: (seq, delta) => sink.text(seq, delta),
+      finish: (seq) => {
+        if (mixable && !set.isBase) this.toRelease.push(set);
+        sink.finish(seq);
+      },
+    };
+    const seqs = specs.map((spec, i) => new Sequence(i, spec, this.model.tokenizer, releasing));
+    for (const s of seqs) this.setOf.set(s, set);
+    lane.waiting.push(...seqs);
     this.kick();
     return seqs;
   }
@@ -104,7 +135,7 @@ export class Scheduler {
     const first = await Promise.race([idle.then(() => 'idle' as const), timeout]);
     clearTimeout(timer);
     if (first === 'timeout') {
-      for (const g of this.groups.values()) {
+      for (const g of this.lanes.values()) {
         for (const s of [...g.waiting, ...g.batch.sequences]) {
           if (!s.done) this.metrics.cancelled.inc();
           s.abort('cancelled', 'the server shut down');
@@ -112,9 +143,10 @@ export class Scheduler {
       }
       await idle;
     }
+    this.releaseEnded();
   }
 
-  /** Resolves when no group has work left. */
+  /** Resolves when no lane has work left. */
   whenIdle(): Promise<void> {
     if (!this.loopRunning) return Promise.resolve();
     return new Promise((r) => this.idleWaiters.push(r));
@@ -124,30 +156,35 @@ export class Scheduler {
     if (this.loopRunning) return;
     this.loopRunning = this.loop().finally(() => {
       this.loopRunning = null;
+      this.releaseEnded();
       if (this.hasWork()) this.kick();
       else for (const w of this.idleWaiters.splice(0)) w();
     });
   }
 
+  private releaseEnded(): void {
+    for (const s of this.toRelease.splice(0)) this.unfused?.store.release(s);
+  }
+
   private hasWork(): boolean {
-    for (const g of this.groups.values()) if (this.runnable(g)) return true;
+    for (const g of this.lanes.values()) if (this.runnable(g)) return true;
     return false;
   }
 
-  private runnable(g: Group): boolean {
+  private runnable(g: Lane): boolean {
     return g.batch.size > 0 || (g.waiting.length > 0 && this.activeSequences < this.opts.maxActive);
   }
 
-  /** The group to run next: the current one until its turn is over, then round robin. */
-  private pickGroup(): Group | null {
+  /** The lane to run next: the current one until its turn is over, then round robin. */
+  private pickLane(): Lane | null {
     const cur = this.current;
-    const others = [...this.groups.values()].filter((g) => g !== cur && this.runnable(g));
-    const curLive = cur !== null && this.groups.get(cur.key) === cur;
+    const others = [...this.lanes.values()].filter((g) => g !== cur && this.runnable(g));
+    const curLive = cur !== null && this.lanes.get(cur.key) === cur;
     if (curLive && this.runnable(cur) && (this.consecutive < this.opts.maxConsecutiveSteps || others.length === 0)) return cur;
     if (curLive) {
-      // Send the group whose turn ended to the back of the line.
-      this.groups.delete(cur.key);
-      this.groups.set(cur.key, cur);
+      // Send the lane whose turn ended to the back of the line.
+      this.lanes.delete(cur.key);
+      this.lanes.set(cur.key, cur);
     }
     const next = others[0] ?? null;
     if (next !== cur) this.consecutive = 0;
@@ -157,7 +194,8 @@ export class Scheduler {
 
   private async loop(): Promise<void> {
     for (;;) {
-      const g = this.pickGroup();
+      this.releaseEnded();
+      const g = this.pickLane();
       if (!g) return;
       try {
         await this.admit(g);
@@ -169,15 +207,48 @@ export class Scheduler {
         g.batch.abortAll('error', msg);
       }
       g.waiting = g.waiting.filter((s) => !s.done);
-      if (g.waiting.length === 0 && g.batch.size === 0) this.groups.delete(g.key);
+      if (g.waiting.length === 0 && g.batch.size === 0) this.lanes.delete(g.key);
     }
   }
 
   /**
-   * Prefill the group's waiting sequences into its batch: one model run per prompt length
+   * One model run of `rows` in lane `g`: a fused lane swaps its set in; the mixed lane lets
+   * the cost rule pick the fused set and runs each row's difference unfused.
+   */
+  private run(g: Lane, rows: readonly Sequence[], ids: number[][], attention: number[][], cache: KvCache): Promise<StepOut> {
+    if (g.set || !this.unfused) {
+      const set = g.set ?? BASE;
+      return this.swapper.runWith(set.members, async () => {
+        this.fusedNow = set;
+        return this.model.step(ids, attention, cache);
+      }).catch((err) => {
+        this.fusedNow = BASE; // a failed swap leaves the pristine base
+        throw err;
+      });
+    }
+    const { store, policy } = this.unfused;
+    const tokens = ids[0].length;
+    const runRows = rows.map((s) => ({ set: this.setOf.get(s)!, tokens, remaining: Math.max(1, s.spec.maxTokens - s.generated.length) }));
+    const choice = policy.choose(runRows, this.fusedNow, BASE);
+    if (choice.fused.key !== this.fusedNow.key) this.metrics.fusedSetChanges.inc();
+    return this.swapper.runWith(choice.fused.members, async () => {
+      this.fusedNow = choice.fused;
+      const plans = runRows.map((r) => store.plan(r.set, choice.fused));
+      const out = await store.executor.step(ids, attention, cache, plans);
+      this.metrics.runs.inc({ path: out.unfused ? 'unfused' : 'dense' });
+      if (out.unfused) this.metrics.unfusedRows.inc({}, plans.filter((p) => p.terms.length || p.masks).length);
+      return out;
+    }).catch((err) => {
+      this.fusedNow = BASE;
+      throw err;
+    });
+  }
+
+  /**
+   * Prefill the lane's waiting sequences into its batch: one model run per prompt length
    * (rows of equal length need no padding, so each row computes what it would alone).
    */
-  private async admit(g: Group): Promise<void> {
+  private async admit(g: Lane): Promise<void> {
     const room = Math.min(this.opts.maxBatch - g.batch.size, this.opts.maxActive - this.activeSequences);
     const byLength = new Map<number, Sequence[]>();
     let taken = 0;
@@ -192,7 +263,7 @@ export class Scheduler {
       const ones = new Array<number>(len).fill(1);
       let out;
       try {
-        out = await this.swapper.runWith(g.set, () => this.model.step(seqs.map((s) => s.spec.prompt), seqs.map(() => ones), this.model.emptyCache(seqs.length)));
+        out = await this.run(g, seqs, seqs.map((s) => s.spec.prompt), seqs.map(() => ones), this.model.emptyCache(seqs.length));
       } catch (err) {
         for (const s of seqs) s.abort('error', err instanceof Error ? err.message : String(err)); // these prompts only
         continue;
@@ -210,11 +281,11 @@ export class Scheduler {
     }
   }
 
-  /** One decode step for every sequence in the group's batch. */
-  private async decode(g: Group): Promise<void> {
+  /** One decode step for every sequence in the lane's batch. */
+  private async decode(g: Lane): Promise<void> {
     const inputs = g.batch.nextInputs();
     if (!inputs) return;
-    const out = await this.swapper.runWith(g.set, () => this.model.step(inputs.ids, inputs.attention, inputs.cache));
+    const out = await this.run(g, g.batch.sequences, inputs.ids, inputs.attention, inputs.cache);
     this.consecutive++;
     this.metrics.steps.inc({ kind: 'decode' });
     this.metrics.completionTokens.inc({}, g.batch.advance(out, inputs.attention));

@@ -13,6 +13,11 @@ import { AdapterRegistry } from './registry.js';
 import { Scheduler } from './scheduler.js';
 import { ServeService } from './service.js';
 import { Swapper } from './swapper.js';
+import { FusePolicy } from './unfused/cost.js';
+import { UnfusedStore } from './unfused/store.js';
+
+/** Cut-graph overhead per Linear site of a model run (ns), measured on the 2-core dev machine. */
+const SEGMENT_NS_PER_SITE = 25_000;
 
 export interface ServerOptions {
   /** The base model, loaded, or a model directory / hub id to load. Its weights must be pristine (no adapter fused). */
@@ -25,7 +30,7 @@ export interface ServerOptions {
   maxQueue?: number;
   /** Largest max_tokens a request may ask for (default 256). */
   maxTokens?: number;
-  /** Most sequences decoded together per adapter set (default 8). */
+  /** Most sequences decoded together in one batch: the mixed batch, or a fused set's (default 32). */
   maxBatch?: number;
   /** Most sequences with a KV cache at once, all sets together (default 64). */
   maxActive?: number;
@@ -33,6 +38,18 @@ export interface ServerOptions {
   maxConsecutiveSteps?: number;
   /** Memory for resident adapter payloads, in MiB (default 1024). */
   memoryBudgetMb?: number;
+  /**
+   * Run adapter sets unfused, side by side in one batch (default true). Off: every set is
+   * fused into the weights for its own batches, one set at a time.
+   */
+  unfused?: boolean;
+  /** Memory for unfused adapter tables of adapters no running request uses, in MiB (default 1024). */
+  unfusedBudgetMb?: number;
+  /**
+   * A set runs unfused while its kernel work per token is at most this fraction of the
+   * model's dense work; denser sets (a 2:4 mask clears half of each weight) are fused (default 0.25).
+   */
+  maxUnfusedDensity?: number;
   /** Largest request body in bytes (default 1 MiB). */
   bodyLimitBytes?: number;
   /** How long shutdown lets running generations finish before cancelling them (default 10 s). */
@@ -67,11 +84,14 @@ export async function createServer(opts: ServerOptions): Promise<SparsetuneServe
   });
   const gate = new WeightGate();
   let metrics: ServerMetrics;
+  const store = opts.unfused === false ? null : new UnfusedStore(model, { budgetBytes: (opts.unfusedBudgetMb ?? 1024) * 2 ** 20, maxUnfusedDensity: opts.maxUnfusedDensity ?? 0.25 });
+  const policy = store ? new FusePolicy(store, SEGMENT_NS_PER_SITE * store.layout.sites.length) : null;
   const swapper = new Swapper(model.weights, gate, {
     fingerprint,
     onSwap: (r) => {
       metrics.swaps.inc();
       metrics.swapSeconds.observe(r.seconds);
+      policy?.observeSwap(r.seconds, r.elements);
     },
   });
   let scheduler: Scheduler;
@@ -80,13 +100,20 @@ export async function createServer(opts: ServerOptions): Promise<SparsetuneServe
     activeSequences: () => scheduler.activeSequences,
     adaptersLoaded: () => registry.list().length,
     adapterResidentBytes: () => registry.residentBytes,
+    unfusedTableBytes: () => store?.residentBytes ?? 0,
   });
-  scheduler = new Scheduler(model, swapper, metrics, {
-    maxBatch: opts.maxBatch ?? 8,
-    maxQueue: opts.maxQueue ?? 64,
-    maxActive: opts.maxActive ?? 64,
-    maxConsecutiveSteps: opts.maxConsecutiveSteps ?? 8,
-  });
+  scheduler = new Scheduler(
+    model,
+    swapper,
+    metrics,
+    {
+      maxBatch: opts.maxBatch ?? 32,
+      maxQueue: opts.maxQueue ?? 64,
+      maxActive: opts.maxActive ?? 64,
+      maxConsecutiveSteps: opts.maxConsecutiveSteps ?? 8,
+    },
+    store && policy ? { store, policy } : null,
+  );
   const baseName = path.basename(model.source);
   const service = new ServeService(model, baseName, registry, swapper, scheduler, metrics);
   const app = buildApp(service, {

@@ -5,12 +5,19 @@
  */
 import { SparsetuneError } from '../errors.js';
 import type { CausalLM } from '../models/causal-lm.js';
+import { checkScale, ServeSet, SetMember, type RequestedAdapter } from './adapter-set.js';
 import { Job } from './job.js';
 import type { ServerMetrics } from './metrics.js';
 import { ADAPTER_ID, BASE_MODEL_ID, type AdapterEntry, type AdapterRegistry } from './registry.js';
 import type { Scheduler } from './scheduler.js';
 import type { SequenceSpec } from './sequence.js';
 import type { Swapper } from './swapper.js';
+
+/** An entry of a request's `adapters` field as parsed (the scale is checked by resolveMembers). */
+export interface AdapterRequest {
+  id: string;
+  scale?: unknown;
+}
 
 /** Most adapters composed in one request. */
 export const MAX_SET_SIZE = 8;
@@ -37,23 +44,46 @@ export class ServeService {
    * The adapter ids (sorted, unique) of a request: `model` is "base", the base model's name,
    * an adapter id, or a composition "a+b"; `extra` adds ids (the `adapters` field).
    */
-  resolveSet(model: string, extra: readonly string[] = []): string[] {
-    const fromModel = model === BASE_MODEL_ID || model === this.baseName ? [] : model.split('+').filter((p) => p !== BASE_MODEL_ID);
-    const ids = [...new Set([...fromModel, ...extra])].sort();
-    for (const id of ids) {
-      if (!ADAPTER_ID.test(id)) throw new SparsetuneError('BAD_ARGUMENT', `"${id}" in model "${model}" is not a valid adapter id; use "base", an adapter id, or ids joined by "+"`);
-      if (!this.registry.get(id)) {
-        throw new SparsetuneError('NOT_FOUND', `model "${id}" does not exist: it is neither "${BASE_MODEL_ID}" nor a loaded adapter (GET /v1/models lists them)`);
-      }
-    }
-    if (ids.length > MAX_SET_SIZE) throw new SparsetuneError('BAD_ARGUMENT', `a request may compose at most ${MAX_SET_SIZE} adapters, got ${ids.length}`);
-    return ids;
+  resolveSet(model: string, extra: readonly (string | AdapterRequest)[] = []): string[] {
+    return this.resolveMembers(model, extra).map((m) => m.id);
   }
 
-  /** Pin the adapters `ids` and queue `specs` (one per choice); the job streams the output. */
-  async generate(ids: readonly string[], specs: readonly SequenceSpec[]): Promise<Job> {
+  /**
+   * The adapters of a request with their scales, sorted by id: those named by `model` (scale
+   * 1) and by the `adapters` field (ids, or `{id, scale}`). An id named twice must ask for
+   * the same scale both times. Throws NOT_FOUND for an unknown id, BAD_ARGUMENT for a bad
+   * id, scale or set size, naming the culprit.
+   */
+  resolveMembers(model: string, extra: readonly (string | AdapterRequest)[] = []): RequestedAdapter[] {
+    const fromModel = model === BASE_MODEL_ID || model === this.baseName ? [] : model.split('+').filter((p) => p !== BASE_MODEL_ID);
+    const wanted = new Map<string, number>();
+    const add = (id: string, scale: number) => {
+      if (!ADAPTER_ID.test(id)) throw new SparsetuneError('BAD_ARGUMENT', `"${id}" in model "${model}" is not a valid adapter id; use "base", an adapter id, or ids joined by "+"`);
+      const prev = wanted.get(id);
+      if (prev !== undefined && prev !== scale) throw new SparsetuneError('BAD_ARGUMENT', `adapter "${id}" is asked for twice, at scales ${prev} and ${scale}; name it once`);
+      wanted.set(id, scale);
+    };
+    for (const id of fromModel) add(id, 1);
+    for (const x of extra) typeof x === 'string' ? add(x, 1) : add(x.id, x.scale === undefined ? 1 : checkScale(x.id, x.scale));
+    const ids = [...wanted.keys()].sort();
+    for (const id of ids) {
+      if (this.registry.get(id)) continue;
+      const refused = this.registry.refusedReason(id);
+      if (refused) throw new SparsetuneError('BAD_ADAPTER', `adapter "${id}" cannot be served: ${refused}`);
+      throw new SparsetuneError('NOT_FOUND', `model "${id}" does not exist: it is neither "${BASE_MODEL_ID}" nor a loaded adapter (GET /v1/models lists them)`);
+    }
+    if (ids.length > MAX_SET_SIZE) throw new SparsetuneError('BAD_ARGUMENT', `a request may compose at most ${MAX_SET_SIZE} adapters, got ${ids.length}`);
+    return ids.map((id) => ({ id, scale: wanted.get(id)! }));
+  }
+
+  /**
+   * Pin the adapters of a request (ids at scale 1, or `{id, scale}`) and queue `specs` (one
+   * per choice); the job streams the output.
+   */
+  async generate(requested: readonly (string | RequestedAdapter)[], specs: readonly SequenceSpec[]): Promise<Job> {
     if (this.draining) throw new SparsetuneError('UNAVAILABLE', 'the server is shutting down; retry against another instance');
-    const entries: AdapterEntry[] = await this.registry.acquire(ids);
+    const wanted = requested.map((r) => (typeof r === 'string' ? { id: r, scale: 1 } : r));
+    const entries: AdapterEntry[] = await this.registry.acquire(wanted.map((w) => w.id));
     let released = false;
     const release = () => {
       if (!released) {
@@ -63,12 +93,19 @@ export class ServeService {
     };
     const job = new Job(release, () => this.metrics.cancelled.inc());
     try {
-      job.attach(this.scheduler.submit(entries, specs, job));
+      const members = entries.map((e, i) => {
+        const scale = checkScale(e.id, wanted[i].scale);
+        if (scale !== 1 && e.payload().masks.size) {
+          throw new SparsetuneError('BAD_ARGUMENT', `adapter "${e.id}" holds masks, which keep or clear weights and cannot be scaled; ask for it at scale 1`);
+        }
+        return new SetMember(e, scale);
+      });
+      job.attach(this.scheduler.submit(new ServeSet(members.sort((a, b) => (a.id < b.id ? -1 : 1))), specs, job));
     } catch (err) {
       release();
       throw err;
     }
-    for (const id of ids.length ? ids : [BASE_MODEL_ID]) this.metrics.adapterRequests.inc({ adapter: id });
+    for (const w of wanted.length ? wanted : [{ id: BASE_MODEL_ID }]) this.metrics.adapterRequests.inc({ adapter: w.id });
     return job;
   }
 

@@ -28,12 +28,23 @@ export interface SwapReport {
   seconds: number;
   applied: string[];
   reverted: string[];
+  /** Weight elements the deltas applied and reverted touch (masks not counted). */
+  elements: number;
+}
+
+/** Weight elements fusing `a`'s deltas rewrites (masks not counted). */
+export function touchedElements(a: Adapter): number {
+  let n = 0;
+  for (const d of a.additive.values()) n += d.indices.length;
+  for (const d of a.structured.values()) n += d.values.length;
+  for (const p of a.lowrank.values()) n += p.B.shape[0] * p.A.shape[1] + (p.biasDelta?.length ?? 0);
+  return n;
 }
 
 export class Swapper {
   private readonly patcher: WeightPatcher;
   /** uid -> handle of each adapter fused into the weights now. */
-  private readonly active = new Map<number, { id: string; handle: AppliedHandle }>();
+  private readonly active = new Map<number, { id: string; handle: AppliedHandle; elements: number }>();
   /** Prepared forms of the payloads swapped in so far (or prepared at load). */
   private readonly prepared = new WeakMap<Adapter, PreparedAdapter>();
 
@@ -95,17 +106,21 @@ export class Swapper {
     const t0 = performance.now();
     const reverted: string[] = [];
     const applied: string[] = [];
+    let elements = 0;
     try {
       for (const uid of toRevert) {
         const a = this.active.get(uid)!;
         this.patcher.revert(a.handle);
         this.active.delete(uid);
         reverted.push(a.id);
+        elements += a.elements;
       }
       for (const m of toApply) {
         const handle = this.patcher.apply(this.prepare(m));
-        this.active.set(m.uid, { id: m.id, handle });
+        const n = touchedElements(m.payload());
+        this.active.set(m.uid, { id: m.id, handle, elements: n });
         applied.push(m.id);
+        elements += n;
       }
     } catch (err) {
       // Leave the weights in a known state (the pristine base) before reporting the failure.
@@ -113,6 +128,6 @@ export class Swapper {
       this.active.clear();
       throw err;
     }
-    this.onSwap?.({ seconds: (performance.now() - t0) / 1000, applied, reverted });
+    this.onSwap?.({ seconds: (performance.now() - t0) / 1000, applied, reverted, elements });
   }
 }

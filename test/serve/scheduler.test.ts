@@ -14,6 +14,7 @@ import { ServerMetrics } from '../../src/serve/metrics.js';
 import { Scheduler } from '../../src/serve/scheduler.js';
 import type { Sequence, SequenceSink, SequenceSpec } from '../../src/serve/sequence.js';
 import { Swapper, type SwapMember, type SwapReport } from '../../src/serve/swapper.js';
+import { ServeSet, SetMember } from '../../src/serve/adapter-set.js';
 import { changedWeights, randomSparseAdapter, snapshot } from './helpers.js';
 
 /** A KV cache whose entry (row r, head h, position t, dim d) encodes those four numbers. */
@@ -59,6 +60,8 @@ describe('scheduler', () => {
   });
 
   const member = (uid: number, a: Adapter): SwapMember => ({ uid, id: `ad${uid}`, payload: () => a });
+  const set = (...ms: SwapMember[]) => new ServeSet(ms.map((m) => new SetMember(m, 1)));
+  const base = new ServeSet([]);
   const spec = (prompt: number[], maxTokens: number): SequenceSpec => ({ prompt, maxTokens, sampling: { temperature: 0 }, stop: [], eos: [] });
 
   function setup(opts: Partial<{ maxBatch: number; maxConsecutiveSteps: number; maxQueue: number }> = {}) {
@@ -93,9 +96,9 @@ describe('scheduler', () => {
     const prompts = [[1, 403, 407, 261], [1, 30, 500], [1, 77, 12, 90, 300, 41]];
     const log: string[] = [];
     const rec = recorder(log, 'x');
-    const first = scheduler.submit([], [spec(prompts[0], 12)], rec.sink);
+    const first = scheduler.submit(base, [spec(prompts[0], 12)], rec.sink);
     await new Promise((r) => setTimeout(r, 15)); // the first is decoding when the others arrive
-    const later = scheduler.submit([], [spec(prompts[1], 9), spec(prompts[2], 7)], rec.sink);
+    const later = scheduler.submit(base, [spec(prompts[1], 9), spec(prompts[2], 7)], rec.sink);
     await rec.done(3);
     const seqs = [...first, ...later];
     for (let i = 0; i < 3; i++) {
@@ -111,7 +114,7 @@ describe('scheduler', () => {
     const { scheduler, metrics } = setup({ maxBatch: 4 });
     const prompts = [[1, 403, 407, 261], [1, 30, 500, 12], [1, 77, 12, 90]];
     const rec = recorder([], 'p');
-    const seqs = scheduler.submit([], prompts.map((p) => spec(p, 6)), rec.sink);
+    const seqs = scheduler.submit(base, prompts.map((p) => spec(p, 6)), rec.sink);
     await rec.done(3);
     expect(metrics.steps.get({ kind: 'prefill' })).toBe(1);
     for (let i = 0; i < 3; i++) {
@@ -125,10 +128,10 @@ describe('scheduler', () => {
     const log: string[] = [];
     const recA = recorder(log, 'A');
     const recB = recorder(log, 'B');
-    scheduler.submit([member(101, adapters[0])], [spec([1, 403, 407], 40)], recA.sink);
+    scheduler.submit(set(member(101, adapters[0])), [spec([1, 403, 407], 40)], recA.sink);
     await new Promise((r) => setTimeout(r, 10));
     log.push('B:submit');
-    scheduler.submit([member(102, adapters[1])], [spec([1, 30, 500], 4)], recB.sink);
+    scheduler.submit(set(member(102, adapters[1])), [spec([1, 30, 500], 4)], recB.sink);
     await Promise.all([recA.done(1), recB.done(1)]);
     const bEnd = log.indexOf('B:end');
     const aEnd = log.indexOf('A:end');
@@ -144,13 +147,13 @@ describe('scheduler', () => {
     const { scheduler, metrics, swapper } = setup();
     const log: string[] = [];
     const rec = recorder(log, 'L');
-    const [seq] = scheduler.submit([member(201, adapters[0])], [spec([1, 2, 3], 200)], rec.sink);
+    const [seq] = scheduler.submit(set(member(201, adapters[0])), [spec([1, 2, 3], 200)], rec.sink);
     await new Promise((r) => setTimeout(r, 20));
     await scheduler.drain(30);
     expect(seq.finishReason).toBe('cancelled');
     expect(seq.generated.length).toBeLessThan(200);
     expect(metrics.cancelled.get()).toBe(1);
-    expect(() => scheduler.submit([], [spec([1], 2)], rec.sink)).toThrow(/shutting down/);
+    expect(() => scheduler.submit(base, [spec([1], 2)], rec.sink)).toThrow(/shutting down/);
     await swapper.reset();
   });
 

@@ -42,6 +42,8 @@ export interface AdapterTables {
   bytes: number;
   /** Estimated kernel time per token (ns) at scale != 0. */
   costNs: number;
+  /** Kernel work per token: sparse entries plus low-rank and structured multiply-adds. */
+  work: number;
   /** Free the arena block (the tables must not be used afterwards). */
   release(): void;
 }
@@ -163,6 +165,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
   type Pending = { site: LinearSite; make: (base: number) => SiteEntry };
   const pending: Pending[] = [];
   let costNs = 0;
+  let work = 0;
   const touched = new Set<string>();
   const sitesOf = (param: string) => layout.weightSites.get(param) ?? [];
 
@@ -190,6 +193,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       const nGroups = g.groups.length / 3;
       pending.push({ site, make: (b) => ({ kind: 'sparse', groups: b + offs[0], nGroups, rowIds: b + offs[1], cols: b + offs[2], vals: b + offs[3], nnz: g.vals.length }) });
       costNs += g.vals.length * COST.sparseEntryNs;
+      work += g.vals.length;
       touched.add(site.name);
     }
   }
@@ -206,6 +210,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       const offC = cols ? packer.add(cols) : -1;
       pending.push({ site, make: (b) => ({ kind: 'structured', V: b + offV, nr: r, nc: c, rows: offR < 0 ? 0 : b + offR, cols: offC < 0 ? 0 : b + offC }) });
       costNs += r * c * COST.denseMacNs;
+      work += r * c;
       touched.add(site.name);
     }
   }
@@ -219,6 +224,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       const offB = packer.add(BT);
       pending.push({ site, make: (b) => ({ kind: 'lowrank', A: b + offA, BT: b + offB, r: rank, scale: p.scale }) });
       costNs += rank * (site.inFeatures + site.outFeatures) * COST.denseMacNs;
+      work += rank * (site.inFeatures + site.outFeatures);
       touched.add(site.name);
     }
     if (p.biasDelta) {
@@ -241,6 +247,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
     touchesEmbedding,
     bytes,
     costNs,
+    work,
     release() {
       if (released) return;
       released = true;
