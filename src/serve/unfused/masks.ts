@@ -17,7 +17,7 @@ import type { HostTensor } from '../../tensor.js';
 import type { Arena } from './arena.js';
 import { deltaAt } from './deltas.js';
 import type { ModelLayout } from './layout.js';
-import { COST, groupedLayout, type SiteEntry } from './tables.js';
+import { COST, groupedLayout, splitIndices, type SiteEntry } from './tables.js';
 
 /** A member of an adapter set with its request scale. */
 export interface ScaledAdapter {
@@ -108,15 +108,7 @@ export function buildMaskTables(
       }
     }
     for (const site of layout.weightSites.get(name) ?? []) {
-      const inner = site.layout === 'out_in' ? site.inFeatures : site.outFeatures;
-      const outIdx = new Int32Array(idx.length);
-      const inIdx = new Int32Array(idx.length);
-      for (let q = 0; q < idx.length; q++) {
-        const hi = Math.floor(idx[q] / inner);
-        const lo = idx[q] - hi * inner;
-        if (site.layout === 'out_in') [outIdx[q], inIdx[q]] = [hi, lo];
-        else [outIdx[q], inIdx[q]] = [lo, hi];
-      }
+      const [outIdx, inIdx] = splitIndices(idx, site);
       const g = groupedLayout(outIdx, inIdx, vals, site.outFeatures);
       const parts = [g.groups, g.rowIds, g.cols, g.vals];
       const offs = parts.map((p) => {

@@ -126,16 +126,15 @@ export function groupedLayout(outIdx: Int32Array, inIdx: Int32Array, vals: Float
     while (b < nonEmpty && count[order[b]] === c) b++;
     const blocks = Math.floor((b - a) / 4);
     groups.push(c, blocks, b - a - 4 * blocks);
-    for (let q = 0; q < blocks; q++) {
-      const rows = [order[a + 4 * q], order[a + 4 * q + 1], order[a + 4 * q + 2], order[a + 4 * q + 3]];
+    for (let q = a; q < a + 4 * blocks; q += 4) {
       for (let j = 0; j < c; j++) {
-        for (const o of rows) {
-          const k = byRow[start[o] + j];
+        for (let l = 0; l < 4; l++) {
+          const k = byRow[start[order[q + l]] + j];
           cols[e] = inIdx[k];
           out[e++] = vals[k];
         }
       }
-      for (const o of rows) rowIds[r++] = o;
+      for (let l = 0; l < 4; l++) rowIds[r++] = order[q + l];
     }
     for (let q = a + 4 * blocks; q < b; q++) {
       const o = order[q];
@@ -149,6 +148,20 @@ export function groupedLayout(outIdx: Int32Array, inIdx: Int32Array, vals: Float
     a = b;
   }
   return { groups: Uint32Array.from(groups), rowIds, cols, vals: out };
+}
+
+/** Output and input index of each flat index of a site's weight. */
+export function splitIndices(flat: Int32Array, site: LinearSite): [Int32Array, Int32Array] {
+  const n = flat.length;
+  const hi = new Int32Array(n);
+  const lo = new Int32Array(n);
+  const inner = site.layout === 'out_in' ? site.inFeatures : site.outFeatures;
+  for (let k = 0; k < n; k++) {
+    const h = (flat[k] / inner) | 0;
+    hi[k] = h;
+    lo[k] = flat[k] - h * inner;
+  }
+  return site.layout === 'out_in' ? [hi, lo] : [lo, hi];
 }
 
 function transpose(v: Float32Array, rows: number, cols: number): Float32Array {
@@ -179,15 +192,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       continue;
     }
     for (const site of sitesOf(name)) {
-      const outIdx = new Int32Array(d.indices.length);
-      const inIdx = new Int32Array(d.indices.length);
-      const inner = site.layout === 'out_in' ? site.inFeatures : site.outFeatures;
-      for (let k = 0; k < d.indices.length; k++) {
-        const hi = Math.floor(d.indices[k] / inner);
-        const lo = d.indices[k] - hi * inner;
-        if (site.layout === 'out_in') [outIdx[k], inIdx[k]] = [hi, lo];
-        else [outIdx[k], inIdx[k]] = [lo, hi];
-      }
+      const [outIdx, inIdx] = splitIndices(d.indices, site);
       const g = groupedLayout(outIdx, inIdx, d.values, site.outFeatures);
       const offs = [packer.add(g.groups), packer.add(g.rowIds), packer.add(g.cols), packer.add(g.vals)];
       const nGroups = g.groups.length / 3;
