@@ -110,7 +110,7 @@ export class Scheduler {
     // The first acquire above stands for the first sequence; take one more per extra sequence.
     if (mixable && !set.isBase) for (let i = 1; i < specs.length; i++) this.unfused!.store.acquire(set);
     const releasing: SequenceSink = {
-      text: (seq, delta) => sink.text(seq, delta),
+      text: (seq, delta, logprobs) => sink.text(seq, delta, logprobs),
       finish: (seq) => {
         if (mixable && !set.isBase) this.toRelease.push(set);
         sink.finish(seq);
