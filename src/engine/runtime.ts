@@ -34,6 +34,14 @@ export interface RuntimeOptions {
   maxSessions?: number;
   /** Most ONNX model bytes of the kept sessions (default 1 GiB). */
   maxSessionBytes?: number;
+  /**
+   * Let idle intra-op threads spin waiting for work (onnxruntime's default, true; or
+   * SPARSETUNE_ORT_SPINNING=0). Off, they sleep: on a machine whose cores are busy with other
+   * work, spinning threads steal CPU from everything else (measured on the 2-core dev
+   * machine at load ~30: a 30M-Llama decode step took 336 ms of CPU spinning, 22 ms not),
+   * and from the JavaScript thread when a program alternates short runs with its own work.
+   */
+  spinning?: boolean;
 }
 
 const ORT_TYPE: Record<DType, ort.Tensor.Type> = { f32: 'float32', f64: 'float64', i32: 'int32', i64: 'int64', bool: 'bool', u8: 'uint8' };
@@ -151,6 +159,7 @@ export class Runtime {
   readonly executionProviders: string[];
   readonly cpuMemArena: boolean;
   readonly profilePrefix: string | undefined;
+  readonly spinning: boolean;
 
   constructor(opts: RuntimeOptions = {}) {
     const env = Number(process.env.SPARSETUNE_THREADS);
@@ -162,6 +171,7 @@ export class Runtime {
     // Profiles are flushed by endProfiling: while profiling, sessions are kept (no eviction).
     const defaultMax = this.profilePrefix ? 1 << 20 : Number.isInteger(envMax) && envMax > 0 ? envMax : 32;
     this.sessions = new SessionCache({ maxSessions: opts.maxSessions ?? defaultMax, maxBytes: opts.maxSessionBytes });
+    this.spinning = opts.spinning ?? process.env.SPARSETUNE_ORT_SPINNING !== '0';
   }
 
   /** Compile (or fetch from cache) the session for a graph. */
@@ -196,6 +206,7 @@ export class Runtime {
       logSeverityLevel: 3,
       enableCpuMemArena: this.cpuMemArena,
       ...(this.profilePrefix ? { enableProfiling: true, profileFilePrefix: this.profilePrefix } : {}),
+      ...(this.spinning ? {} : { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
     };
     try {
       native = await ort.InferenceSession.create(bytes, options);

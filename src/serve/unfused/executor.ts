@@ -39,7 +39,7 @@ function planIsEmpty(p: RowPlan): boolean {
 
 export class UnfusedExecutor {
   private segmented: Promise<SegmentedModel> | null = null;
-  private scratch = { x: 0, y: 0, tmp: 0, size: 0 };
+  private tmp = { off: 0, size: 0 };
 
   constructor(
     readonly model: CausalLM,
@@ -49,7 +49,7 @@ export class UnfusedExecutor {
 
   /** The cut graph, compiled on first use. */
   segments(): Promise<SegmentedModel> {
-    this.segmented ??= SegmentedModel.create(this.model);
+    this.segmented ??= SegmentedModel.create(this.model, this.arena);
     return this.segmented;
   }
 
@@ -67,48 +67,37 @@ export class UnfusedExecutor {
     const seg = await this.segments();
     const S = ids[0].length;
     const embedDelta = this.embedDelta(ids, plans);
-    const onSite = (site: LinearSite, x: Float32Array, y: Float32Array) => this.runSite(site, x, y, S, plans);
+    const onSite = (site: LinearSite, x: number, y: number) => this.runSite(site, x, y, S, plans);
     return { ...(await seg.step(ids, attention, cache, { onSite, embedDelta: embedDelta ?? undefined })), unfused: true };
   }
 
-  /** Scratch vectors big enough for every site (x, y, and the kernels' tmp). */
-  private ensureScratch(): void {
-    let maxIn = 0;
-    let maxOut = 0;
-    for (const s of this.layout.sites) {
-      maxIn = Math.max(maxIn, s.inFeatures);
-      maxOut = Math.max(maxOut, s.outFeatures);
+  /** The kernels' scratch vector, big enough for every site. */
+  private scratch(): number {
+    let size = 0;
+    for (const s of this.layout.sites) size = Math.max(size, s.inFeatures, s.outFeatures);
+    if (this.tmp.size < size) {
+      if (this.tmp.size) this.arena.release(this.tmp.off);
+      this.tmp = { off: this.arena.alloc(size * 4), size };
     }
-    const size = maxIn + maxOut + Math.max(maxIn, maxOut);
-    if (this.scratch.size >= size) return;
-    if (this.scratch.size) this.arena.release(this.scratch.x);
-    const base = this.arena.alloc(size * 4);
-    this.scratch = { x: base, y: base + maxIn * 4, tmp: base + (maxIn + maxOut) * 4, size };
+    return this.tmp.off;
   }
 
-  private runSite(site: LinearSite, x: Float32Array, y: Float32Array, S: number, plans: readonly RowPlan[]): void {
-    const work: { b: number; list: { e: SiteEntry; scale: number }[] }[] = [];
-    plans.forEach((p, b) => {
-      const list: { e: SiteEntry; scale: number }[] = [];
-      for (const t of p.terms) for (const e of t.tables.sites.get(site.name) ?? []) list.push({ e, scale: t.scale });
-      for (const e of p.masks?.sites.get(site.name) ?? []) list.push({ e, scale: 1 });
-      if (list.length) work.push({ b, list });
-    });
-    if (work.length === 0) return;
-    this.ensureScratch();
-    const { x: X, y: Y, tmp } = this.scratch;
+  /** Add every row's contributions at `site`: x, y are the arena offsets of the site's input and output. */
+  private runSite(site: LinearSite, x: number, y: number, S: number, plans: readonly RowPlan[]): void {
     const nIn = site.inFeatures;
     const nOut = site.outFeatures;
-    const xs = this.arena.f32(X, nIn);
-    const ys = this.arena.f32(Y, nOut);
     const k = this.arena.k;
-    for (const { b, list } of work) {
+    let tmp = -1;
+    plans.forEach((p, b) => {
+      const lists: (readonly SiteEntry[] | undefined)[] = p.terms.map((t) => t.tables.sites.get(site.name));
+      const masks = p.masks?.sites.get(site.name);
+      if (!masks && lists.every((l) => l === undefined)) return;
+      if (tmp < 0) tmp = this.scratch();
       for (let t = 0; t < S; t++) {
         const row = b * S + t;
-        xs.set(x.subarray(row * nIn, (row + 1) * nIn));
-        const yRow = y.subarray(row * nOut, (row + 1) * nOut);
-        ys.set(yRow);
-        for (const { e, scale } of list) {
+        const X = x + row * nIn * 4;
+        const Y = y + row * nOut * 4;
+        const run = (e: SiteEntry, scale: number) => {
           switch (e.kind) {
             case 'sparse':
               k.sparse(e.groups, e.nGroups, e.rowIds, e.cols, e.vals, X, Y, scale);
@@ -123,10 +112,13 @@ export class UnfusedExecutor {
               k.axpy(scale * e.scale, e.v, nOut, Y);
               break;
           }
-        }
-        yRow.set(ys);
+        };
+        p.terms.forEach((term, i) => {
+          for (const e of lists[i] ?? []) run(e, term.scale);
+        });
+        for (const e of masks ?? []) run(e, 1);
       }
-    }
+    });
   }
 
   /** Per-token additions to the embedding output, or null when no row has any. */

@@ -10,20 +10,23 @@
  * input added to the embedding output (`embed_delta`).
  */
 import type { CompiledGraph } from '../../engine/runtime.js';
-import type { Value } from '../../engine/ir.js';
+import ort from 'onnxruntime-node';
+import type { Dim, Value } from '../../engine/ir.js';
 import { add } from '../../engine/ops/index.js';
 import type { CausalLM, KvCache } from '../../models/causal-lm.js';
 import type { LinearSite, ModelHooks } from '../../models/hooks.js';
 import { stepMask, stepPositions } from '../../models/masks.js';
 import type { HostTensor } from '../../tensor.js';
+import type { Arena } from './arena.js';
 import { CutMarks, cutName, partition, tapName, type Partition } from './partition.js';
 import { SparsetuneError } from '../../errors.js';
 
 /**
- * Called after the segment computing site `site`'s output: `x` is the site input
- * [rows, in] (rows = batch x new tokens), `y` the output [rows, out], edited in place.
+ * Called after the segment computing site `site`'s output: the site's input x [rows, in]
+ * and output y [rows, out] (rows = batch x new tokens) are f32 arrays at byte offsets `x`
+ * and `y` of the arena's memory; edit y in place.
  */
-export type SiteHandler = (site: LinearSite, x: Float32Array, y: Float32Array, rows: number) => void;
+export type SiteHandler = (site: LinearSite, x: number, y: number, rows: number) => void;
 
 export interface SegmentedStepOptions {
   onSite: SiteHandler;
@@ -31,14 +34,36 @@ export interface SegmentedStepOptions {
   embedDelta?: Float32Array;
 }
 
+/** A segment output that lives in the arena (written there by onnxruntime) rather than in a fresh array. */
+interface ResidentOut {
+  name: string;
+  shape: Dim[];
+}
+
 interface CompiledSegment {
   compiled: CompiledGraph;
   cuts: LinearSite[];
+  resident: ResidentOut[];
+  /** Outputs onnxruntime allocates (the KV cache it returns). */
+  allocated: string[];
 }
 
+/** An env value held in the arena: its byte offset and shape. */
+interface InArena {
+  off: number;
+  shape: number[];
+}
+
+const ORT_TYPE: Record<string, ort.Tensor.Type> = { f32: 'float32', i64: 'int64', i32: 'int32', f64: 'float64', bool: 'bool', u8: 'uint8' };
+const FROM_ORT: Record<string, HostTensor['dtype']> = { float32: 'f32', int64: 'i64', int32: 'i32', float64: 'f64', bool: 'bool', uint8: 'u8' };
+
 export class SegmentedModel {
+  /** The arena block that holds one step's resident values (grown as needed, reused). */
+  private block = { off: 0, bytes: 0 };
+
   private constructor(
     readonly model: CausalLM,
+    private readonly arena: Arena,
     private readonly parts: Partition,
     private readonly marks: CutMarks,
     private readonly segments: CompiledSegment[],
@@ -46,13 +71,17 @@ export class SegmentedModel {
     readonly hidden: number,
   ) {}
 
-  /** Build and compile the segments of `model` (one-time, a few seconds for deep models). */
-  static async create(model: CausalLM): Promise<SegmentedModel> {
+  /**
+   * Build and compile the segments of `model` (one-time, a few seconds for deep models).
+   * `cutSite` picks the sites to cut at (default all).
+   */
+  static async create(model: CausalLM, arena: Arena, cutSite: (s: LinearSite) => boolean = () => true): Promise<SegmentedModel> {
     const marks = new CutMarks();
     const sites = new Map(model.sites().map((s) => [s.name, s]));
     let hidden = 0;
     const hooks: ModelHooks = {
       linear: (site: LinearSite, x: Value, base: (x: Value) => Value) => {
+        if (!cutSite(site)) return base(x);
         marks.tap(x, site.name);
         return marks.cut(base(x), site.name);
       },
@@ -70,11 +99,18 @@ export class SegmentedModel {
       built.graph.output(`present_v_${l}`, kv.v);
     });
     const parts = partition(built.graph, marks);
+    const kvNames = new Set(built.result.present.flatMap((_, l) => [`present_k_${l}`, `present_v_${l}`]).map((n) => parts.outputs.get(n)!));
     const segments: CompiledSegment[] = [];
     for (const seg of parts.segments) {
-      segments.push({ compiled: await model.runtime.compile(seg.graph), cuts: seg.cuts.map((n) => sites.get(n)!) });
+      const resident: ResidentOut[] = [];
+      const allocated: string[] = [];
+      for (const o of seg.graph.outputs) {
+        if (o.value.dtype === 'f32' && !kvNames.has(o.name) && o.value.shape.every((d) => typeof d === 'number' || /^[a-z0-9*+]+$/.test(d))) resident.push({ name: o.name, shape: o.value.shape });
+        else allocated.push(o.name);
+      }
+      segments.push({ compiled: await model.runtime.compile(seg.graph), cuts: seg.cuts.map((n) => sites.get(n)!), resident, allocated });
     }
-    return new SegmentedModel(model, parts, marks, segments, hidden);
+    return new SegmentedModel(model, arena, parts, marks, segments, hidden);
   }
 
   /** Number of onnxruntime runs per step. */
@@ -85,7 +121,7 @@ export class SegmentedModel {
   /**
    * `CausalLM.step` with `onSite` called at every site. Same inputs and outputs: `ids`
    * [B][S] new tokens, `attention` [B][past + S]; returns logits [B, S, V] and the extended
-   * cache.
+   * cache. Must not run twice at once (the caller holds the weight gate).
    */
   async step(
     ids: readonly (readonly number[])[],
@@ -104,7 +140,26 @@ export class SegmentedModel {
       if (!Number.isInteger(t) || t < 0 || t >= V) throw new SparsetuneError('BAD_ARGUMENT', `token id ${t} is outside the vocabulary (0..${V - 1})`);
     }
     const rows = B * S;
-    const env: Record<string, HostTensor> = {
+    const dims: Record<string, number> = { batch: B, seq: S, past: cache.length, total: cache.length + S };
+    const resolve = (d: Dim): number => (typeof d === 'number' ? d : d.split('*').reduce((p, f) => p * (/^\d+$/.test(f) ? Number(f) : f.split('+').reduce((a, t) => a + (dims[t] ?? NaN), 0)), 1));
+    // Lay out every resident value of the step in one arena block.
+    const placed = new Map<string, InArena>();
+    let bytes = 0;
+    for (const seg of this.segments) {
+      for (const r of seg.resident) {
+        const shape = r.shape.map(resolve);
+        if (shape.some((x) => !Number.isInteger(x))) throw new SparsetuneError('RUNTIME', `segmented step: cannot size output ${r.name} [${r.shape}]`);
+        placed.set(r.name, { off: bytes, shape });
+        bytes += Math.ceil((4 * shape.reduce((a, b) => a * b, 1)) / 16) * 16;
+      }
+    }
+    if (bytes > this.block.bytes) {
+      if (this.block.bytes) this.arena.release(this.block.off);
+      this.block = { off: this.arena.alloc(bytes), bytes };
+    }
+    for (const p of placed.values()) p.off += this.block.off;
+
+    const env: Record<string, HostTensor | InArena> = {
       input_ids: { dtype: 'i64', shape: [B, S], data: BigInt64Array.from(ids.flat().map((v) => BigInt(v))) },
       position_ids: stepPositions(attention, S),
       attention_mask: stepMask(attention, cache.length, S),
@@ -114,16 +169,40 @@ export class SegmentedModel {
       env[`past_k_${l}`] = k;
       env[`past_v_${l}`] = cache.v[l];
     });
+    const n = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+    const tensorOf = (v: HostTensor | InArena): ort.Tensor =>
+      'off' in v ? new ort.Tensor('float32', this.arena.f32(v.off, n(v.shape)), v.shape) : new ort.Tensor(ORT_TYPE[v.dtype], v.data as never, v.shape);
     for (const seg of this.segments) {
-      const out = await seg.compiled.run(this.model.feeds(seg.compiled, env));
-      Object.assign(env, out);
+      const feeds: Record<string, ort.Tensor> = {};
+      for (const spec of seg.compiled.inputs) {
+        const v = env[spec.name] ?? this.model.weights.get(spec.name);
+        if (!v) throw new SparsetuneError('BAD_FEED', `segmented step: no value for input '${spec.name}'`);
+        feeds[spec.name] = tensorOf(v);
+      }
+      const fetches: Record<string, ort.Tensor | null> = {};
+      for (const r of seg.resident) fetches[r.name] = tensorOf(placed.get(r.name)!);
+      for (const a of seg.allocated) fetches[a] = null;
+      let out: ort.InferenceSession.ReturnType;
+      try {
+        out = await seg.compiled.session.run(feeds, fetches);
+      } catch (e) {
+        throw new SparsetuneError('RUNTIME', `onnxruntime failed: ${(e as Error).message}`, { cause: e });
+      }
+      for (const r of seg.resident) env[r.name] = placed.get(r.name)!;
+      for (const a of seg.allocated) {
+        const t = out[a];
+        env[a] = { dtype: FROM_ORT[t.type], shape: [...t.dims], data: t.data as never };
+      }
       for (const site of seg.cuts) {
-        const y = out[cutName(site.name)] as HostTensor<'f32'>;
-        const x = env[tapName(this.marks.tapOf(site.name))] as HostTensor<'f32'>;
-        opts.onSite(site, x.data, y.data, rows);
+        const y = env[cutName(site.name)] as InArena;
+        const x = env[tapName(this.marks.tapOf(site.name))] as InArena;
+        opts.onSite(site, x.off, y.off, rows);
       }
     }
-    const get = (name: string) => env[this.parts.outputs.get(name)!] as HostTensor<'f32'>;
+    const get = (name: string): HostTensor<'f32'> => {
+      const v = env[this.parts.outputs.get(name)!];
+      return 'off' in v ? { dtype: 'f32', shape: v.shape, data: this.arena.f32(v.off, n(v.shape)).slice() } : (v as HostTensor<'f32'>);
+    };
     const next: KvCache = { k: [], v: [], length: cache.length + S };
     cache.k.forEach((_, l) => {
       next.k.push(get(`present_k_${l}`));
