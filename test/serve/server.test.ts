@@ -208,7 +208,8 @@ describe('sparsetune serve over HTTP', () => {
     await complete('base', 'Hello', 3); // the active set is now the base
     expect(changedWeights(model.weights, original)).toEqual([]);
     await complete('a+b', 'Hello', 3);
-    expect(changedWeights(model.weights, original).length).toBeGreaterThan(0);
+    // The cost rule may run a+b fused or unfused; the weights differ exactly when something is fused.
+    expect(changedWeights(model.weights, original).length > 0).toBe(server.service.swapper.activeIds.length > 0);
     await server.close();
     expect(changedWeights(model.weights, original)).toEqual([]);
   });

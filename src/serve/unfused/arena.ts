@@ -19,6 +19,12 @@ export class Arena {
   private free: { off: number; size: number }[];
   private sizes = new Map<number, number>();
   private used = 0;
+  /**
+   * While set, growing the memory is an error: onnxruntime holds views of the memory's
+   * buffer (growing it would detach them), so the cut-graph runner freezes the arena around
+   * each run.
+   */
+  frozen = false;
 
   constructor(initialBytes = 16 * PAGE) {
     const pages = Math.max(1, Math.ceil(initialBytes / PAGE));
@@ -79,6 +85,7 @@ export class Arena {
   }
 
   private grow(atLeast: number): void {
+    if (this.frozen) throw new SparsetuneError('RUNTIME', 'arena: cannot grow while onnxruntime reads it (a table was built during a model run)');
     const old = this.memory.buffer.byteLength;
     const last = this.free[this.free.length - 1];
     const tailFree = last && last.off + last.size === old ? last.size : 0;

@@ -183,10 +183,14 @@ export class SegmentedModel {
       for (const r of seg.resident) fetches[r.name] = tensorOf(placed.get(r.name)!);
       for (const a of seg.allocated) fetches[a] = null;
       let out: ort.InferenceSession.ReturnType;
+      // onnxruntime starts the run on a later tick: the arena must not grow (detaching these views) until it is done.
+      this.arena.frozen = true;
       try {
         out = await seg.compiled.session.run(feeds, fetches);
       } catch (e) {
         throw new SparsetuneError('RUNTIME', `onnxruntime failed: ${(e as Error).message}`, { cause: e });
+      } finally {
+        this.arena.frozen = false;
       }
       for (const r of seg.resident) env[r.name] = placed.get(r.name)!;
       for (const a of seg.allocated) {

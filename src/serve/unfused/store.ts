@@ -10,7 +10,7 @@ import { Arena } from './arena.js';
 import { EMPTY_PLAN, UnfusedExecutor, type RowPlan, type RowTerm } from './executor.js';
 import { modelLayout, type ModelLayout } from './layout.js';
 import { buildMaskTables, clearedBySet, maskEntries, type MaskTables } from './masks.js';
-import { buildTables, COST, mustFuseReason, type AdapterTables } from './tables.js';
+import { buildTables, COST, mustFuseReason, tablesEstimate, type AdapterTables } from './tables.js';
 
 export interface StoreOptions {
   /** Arena bytes for tables of adapters no running row uses; past it they are evicted (LRU). */
@@ -37,7 +37,9 @@ export interface SetAnalysis {
 }
 
 interface TableSlot {
-  tables: AdapterTables;
+  /** Built on first use inside a model run (never while onnxruntime reads the arena). */
+  tables: AdapterTables | null;
+  estimate: { costNs: number; work: number };
   refs: number;
   lastUsed: number;
 }
@@ -67,7 +69,7 @@ export class UnfusedStore {
   /** Bytes of tables in the arena. */
   get residentBytes(): number {
     let n = 0;
-    for (const s of this.slots.values()) n += s.tables.bytes;
+    for (const s of this.slots.values()) n += s.tables?.bytes ?? 0;
     return n;
   }
 
@@ -134,7 +136,7 @@ export class UnfusedStore {
     const inSet = new Set(set.members.map((m) => m.uid));
     const plus = set.members.filter((m) => !inFused.has(m.uid));
     const minus = fused.members.filter((m) => !inSet.has(m.uid));
-    const term = (m: SetMember, sign: number): RowTerm => ({ tables: this.slotOf(m).tables, adapter: m.raw(), scale: sign * m.scale });
+    const term = (m: SetMember, sign: number): RowTerm => ({ tables: this.tablesOf(m), adapter: m.raw(), scale: sign * m.scale });
     const terms = [...plus.map((m) => term(m, 1)), ...minus.map((m) => term(m, -1))].filter((t) => t.scale !== 0 && (t.tables.sites.size > 0 || t.tables.touchesEmbedding));
     let masks: MaskTables | null = null;
     if (st && !st.analysis.deltaOnly) {
@@ -160,8 +162,7 @@ export class UnfusedStore {
     const maskNs = maskWork * COST.sparseEntryNs;
     let work = maskWork;
     for (const m of set.members) {
-      // Tables are built here once and kept while the set is referenced (or cached).
-      const t = this.slotOf(m).tables;
+      const t = this.slotOf(m).estimate;
       memberNs.set(m.uid, m.scale === 0 ? 0 : t.costNs);
       work += t.work;
     }
@@ -176,10 +177,17 @@ export class UnfusedStore {
   private slotOf(m: SetMember): TableSlot {
     let slot = this.slots.get(m.entry.uid);
     if (!slot) {
-      slot = { tables: buildTables(this.arena, m.raw(), this.layout), refs: 0, lastUsed: this.clock++ };
+      slot = { tables: null, estimate: tablesEstimate(m.raw(), this.layout), refs: 0, lastUsed: this.clock++ };
       this.slots.set(m.entry.uid, slot);
     }
     return slot;
+  }
+
+  /** A member's tables, built now if need be (call between model runs only). */
+  private tablesOf(m: SetMember): AdapterTables {
+    const slot = this.slotOf(m);
+    slot.tables ??= buildTables(this.arena, m.raw(), this.layout);
+    return slot.tables;
   }
 
   /** Evict unreferenced tables, least recently used first, until the budget holds. */
@@ -189,9 +197,9 @@ export class UnfusedStore {
     const idle = [...this.slots].filter(([, s]) => s.refs === 0).sort((a, b) => a[1].lastUsed - b[1].lastUsed);
     for (const [uid, s] of idle) {
       if (over <= 0) break;
-      s.tables.release();
+      s.tables?.release();
       this.slots.delete(uid);
-      over -= s.tables.bytes;
+      over -= s.tables?.bytes ?? 0;
     }
   }
 }

@@ -170,6 +170,43 @@ function transpose(v: Float32Array, rows: number, cols: number): Float32Array {
   return out;
 }
 
+/** Kernel cost and work per token of `adapter`'s tables, from the payload alone (no tables built). */
+export function tablesEstimate(adapter: Adapter, layout: ModelLayout): { costNs: number; work: number } {
+  let costNs = 0;
+  let work = 0;
+  const touched = new Set<string>();
+  const sitesOf = (param: string) => layout.weightSites.get(param) ?? [];
+  for (const [name, d] of adapter.additive) {
+    for (const site of sitesOf(name)) {
+      costNs += d.indices.length * COST.sparseEntryNs;
+      work += d.indices.length;
+      touched.add(site.name);
+    }
+    const bias = layout.biasSite.get(name);
+    if (bias) touched.add(bias.name);
+  }
+  for (const [name, d] of adapter.structured) {
+    for (const site of sitesOf(name)) {
+      costNs += d.values.length * COST.denseMacNs;
+      work += d.values.length;
+      touched.add(site.name);
+    }
+  }
+  for (const [name, p] of adapter.lowrank) {
+    for (const site of sitesOf(name)) {
+      const w = p.A.shape[0] * (site.inFeatures + site.outFeatures);
+      costNs += w * COST.denseMacNs;
+      work += w;
+      touched.add(site.name);
+    }
+    if (p.biasDelta) {
+      const site = layout.biasSite.get(biasParamOf(name));
+      if (site) touched.add(site.name);
+    }
+  }
+  return { costNs: costNs + touched.size * COST.perSiteRowNs, work };
+}
+
 /** Build `adapter`'s tables (call mustFuseReason first: this throws on what it reports). */
 export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout): AdapterTables {
   const why = mustFuseReason(adapter, layout);
@@ -177,9 +214,6 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
   const packer = new Packer();
   type Pending = { site: LinearSite; make: (base: number) => SiteEntry };
   const pending: Pending[] = [];
-  let costNs = 0;
-  let work = 0;
-  const touched = new Set<string>();
   const sitesOf = (param: string) => layout.weightSites.get(param) ?? [];
 
   for (const [name, d] of adapter.additive) {
@@ -197,9 +231,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       const offs = [packer.add(g.groups), packer.add(g.rowIds), packer.add(g.cols), packer.add(g.vals)];
       const nGroups = g.groups.length / 3;
       pending.push({ site, make: (b) => ({ kind: 'sparse', groups: b + offs[0], nGroups, rowIds: b + offs[1], cols: b + offs[2], vals: b + offs[3], nnz: g.vals.length }) });
-      costNs += g.vals.length * COST.sparseEntryNs;
-      work += g.vals.length;
-      touched.add(site.name);
+
     }
   }
 
@@ -214,9 +246,7 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       const offR = rows ? packer.add(rows) : -1;
       const offC = cols ? packer.add(cols) : -1;
       pending.push({ site, make: (b) => ({ kind: 'structured', V: b + offV, nr: r, nc: c, rows: offR < 0 ? 0 : b + offR, cols: offC < 0 ? 0 : b + offC }) });
-      costNs += r * c * COST.denseMacNs;
-      work += r * c;
-      touched.add(site.name);
+
     }
   }
 
@@ -228,18 +258,15 @@ export function buildTables(arena: Arena, adapter: Adapter, layout: ModelLayout)
       const offA = packer.add(A);
       const offB = packer.add(BT);
       pending.push({ site, make: (b) => ({ kind: 'lowrank', A: b + offA, BT: b + offB, r: rank, scale: p.scale }) });
-      costNs += rank * (site.inFeatures + site.outFeatures) * COST.denseMacNs;
-      work += rank * (site.inFeatures + site.outFeatures);
-      touched.add(site.name);
+
     }
     if (p.biasDelta) {
       const site = layout.biasSite.get(biasParamOf(name))!;
       const off = packer.add(p.biasDelta);
       pending.push({ site, make: (b) => ({ kind: 'bias', v: b + off, scale: p.scale }) });
-      touched.add(site.name);
     }
   }
-  costNs += touched.size * COST.perSiteRowNs;
+  const { costNs, work } = tablesEstimate(adapter, layout);
 
   const { base, bytes } = packer.commit(arena);
   const sites = new Map<string, SiteEntry[]>();
