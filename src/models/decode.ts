@@ -42,6 +42,18 @@ function decodeGraph(model: CausalLM, hooks: ModelHooks): Promise<CompiledGraph>
   if (!perModel) compiledByModel.set(model, (perModel = new WeakMap()));
   let p = perModel.get(hooks);
   if (p) return p;
+  p = model.runtime.compile(buildDecodeGraph(model, hooks));
+  perModel.set(hooks, p);
+  return p;
+}
+
+/**
+ * The decode graph, not compiled: inputs input_ids, position_ids, seqlens_k, total_length,
+ * logit_rows, rope_cos/rope_sin (RoPE models), past_k_l/past_v_l [batch, kvHeads, capacity,
+ * headDim]; outputs logits [rows, vocab] and present_k_l/present_v_l (bind them to the past
+ * buffers: GroupQueryAttention updates the cache in place).
+ */
+export function buildDecodeGraph(model: CausalLM, hooks: ModelHooks = NO_HOOKS): Graph {
   const { layers, kvHeads, headDim, heads } = model.arch.kvShape(model.config);
   const g = new Graph(`${model.config.modelType}-decode`);
   g.inference = true;
@@ -90,13 +102,11 @@ function decodeGraph(model: CausalLM, hooks: ModelHooks): Promise<CompiledGraph>
     g.output(`present_k_${l}`, k);
     g.output(`present_v_${l}`, v);
   });
-  p = model.runtime.compile(g);
-  perModel.set(hooks, p);
-  return p;
+  return g;
 }
 
 /** cos/sin of position x inverse frequency, [capacity, headDim/2], rounded like the f32 graph. */
-function ropeTables(inv: Float32Array, capacity: number): { cos: HostTensor<'f32'>; sin: HostTensor<'f32'> } {
+export function ropeTables(inv: Float32Array, capacity: number): { cos: HostTensor<'f32'>; sin: HostTensor<'f32'> } {
   const half = inv.length;
   const cos = new Float32Array(capacity * half);
   const sin = new Float32Array(capacity * half);

@@ -3,10 +3,30 @@
  * cache. Sequences join after their own prefill and leave when done; each decode step runs
  * every row's pending token through the model at once.
  */
-import type { CausalLM, KvCache } from '../models/causal-lm.js';
+import type { KvCache } from '../models/causal-lm.js';
 import type { HostTensor } from '../tensor.js';
 import { concatRows, selectRows, type RowCache } from './kv.js';
 import type { Sequence } from './sequence.js';
+import type { SlotRun } from './slots.js';
+
+/** How a lane runs the model for a batch: on the in-place cache (slots.ts) or the KvCache step path. */
+export interface BatchRunner {
+  /** A decode-graph run; returns the last-position logits [rows, vocab]. */
+  slots(run: SlotRun, rows: readonly Sequence[]): Promise<HostTensor<'f32'>>;
+  /** A `CausalLM.step`; returns logits [B, S, vocab] and the extended cache. */
+  concat(ids: number[][], attention: number[][], cache: KvCache, rows: readonly Sequence[]): Promise<{ logits: HostTensor<'f32'>; cache: KvCache }>;
+}
+
+/** A lane's running batch, whichever cache it uses. */
+export interface LaneBatch {
+  readonly size: number;
+  readonly sequences: readonly Sequence[];
+  /** Prefill `seqs` (prompts of one length), give each its first token, and add them. */
+  prefill(seqs: readonly Sequence[], runner: BatchRunner): Promise<void>;
+  /** One decode step of every row; returns the tokens produced. */
+  decode(runner: BatchRunner): Promise<number>;
+  abortAll(reason: 'cancelled' | 'error', message?: string): void;
+}
 
 /** Logits of position `pos` of row `b` in logits [B, S, V]. */
 export function logitsRow(logits: HostTensor<'f32'>, b: number, pos: number): Float32Array {
@@ -14,9 +34,13 @@ export function logitsRow(logits: HostTensor<'f32'>, b: number, pos: number): Fl
   return logits.data.subarray((b * S + pos) * V, (b * S + pos + 1) * V);
 }
 
-export class DecodeBatch {
+/** The KvCache form (right-aligned, copied per step): for models the in-place cache does not serve. */
+export class DecodeBatch implements LaneBatch {
   private rows: Sequence[] = [];
   private state: RowCache | null = null;
+
+  /** `emptyCache(n)`: an empty cache of n rows (CausalLM.emptyCache). */
+  constructor(private readonly emptyCache: (rows: number) => KvCache) {}
 
   get size(): number {
     return this.rows.length;
@@ -72,6 +96,24 @@ export class DecodeBatch {
     });
     this.compact();
     return produced;
+  }
+
+  async prefill(seqs: readonly Sequence[], runner: BatchRunner): Promise<void> {
+    const len = seqs[0].spec.prompt.length;
+    const ones = new Array<number>(len).fill(1);
+    const out = await runner.concat(seqs.map((s) => [...s.spec.prompt]), seqs.map(() => ones), this.emptyCache(seqs.length), seqs);
+    seqs.forEach((s, b) => {
+      if (!s.done) s.accept(logitsRow(out.logits, b, len - 1));
+    });
+    this.join(seqs, out.cache);
+  }
+
+  async decode(runner: BatchRunner): Promise<number> {
+    const inputs = this.nextInputs();
+    if (!inputs) return 0;
+    const rows = [...this.rows];
+    const out = await runner.concat(inputs.ids, inputs.attention, inputs.cache, rows);
+    return this.advance(out, inputs.attention);
   }
 
   /** End every row (e.g. after a failed model run). */

@@ -13,12 +13,13 @@
  * paused batches keep their KV caches (a cache depends only on its rows' own sets).
  */
 import { SparsetuneError } from '../errors.js';
-import type { CausalLM, KvCache } from '../models/causal-lm.js';
-import type { HostTensor } from '../tensor.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import { sharedCacheSupported } from '../models/decode.js';
 import { ServeSet } from './adapter-set.js';
-import { DecodeBatch, logitsRow } from './batch.js';
+import { DecodeBatch, type BatchRunner, type LaneBatch } from './batch.js';
 import type { ServerMetrics } from './metrics.js';
 import { Sequence, type SequenceSink, type SequenceSpec } from './sequence.js';
+import { DenseDecoder, SlotBatch } from './slots.js';
 import type { Swapper } from './swapper.js';
 import type { FusePolicy } from './unfused/cost.js';
 import type { UnfusedStore } from './unfused/store.js';
@@ -45,13 +46,12 @@ interface Lane {
   /** The set every row of a fused lane uses; null for the mixed lane. */
   set: ServeSet | null;
   waiting: Sequence[];
-  batch: DecodeBatch;
+  batch: LaneBatch;
 }
 
 const MIXED = '*mixed*';
 const BASE = new ServeSet([]);
 
-type StepOut = { logits: HostTensor<'f32'>; cache: KvCache };
 
 export class Scheduler {
   private readonly lanes = new Map<string, Lane>();
@@ -66,13 +66,24 @@ export class Scheduler {
   /** Sets whose sequences ended; their table references are dropped between model runs. */
   private toRelease: ServeSet[] = [];
 
+  /** Runs of the plain decode graph (fused lanes, and the mixed lane when no row has unfused work). */
+  private readonly dense: DenseDecoder | null;
+
   constructor(
     private readonly model: CausalLM,
     private readonly swapper: Swapper,
     private readonly metrics: ServerMetrics,
     private readonly opts: SchedulerOptions,
     private readonly unfused: UnfusedServing | null = null,
-  ) {}
+  ) {
+    this.dense = sharedCacheSupported(model) ? (unfused?.store.executor.dense ?? new DenseDecoder(model)) : null;
+    if (unfused && !this.dense) throw new SparsetuneError('BAD_ARGUMENT', 'unfused serving needs the in-place KV cache, which this model cannot use (head size not a multiple of 8); serve it fused-only');
+  }
+
+  /** A lane's batch: on the in-place KV cache when the model allows it. */
+  private newBatch(): LaneBatch {
+    return this.dense ? new SlotBatch(this.model) : new DecodeBatch((n) => this.model.emptyCache(n));
+  }
 
   /** Sequences waiting for a slot. */
   get queueDepth(): number {
@@ -104,7 +115,7 @@ export class Scheduler {
     const key = mixable ? MIXED : set.key;
     let lane = this.lanes.get(key);
     if (!lane) {
-      lane = { key, set: mixable ? null : set, waiting: [], batch: new DecodeBatch() };
+      lane = { key, set: mixable ? null : set, waiting: [], batch: this.newBatch() };
       this.lanes.set(key, lane);
     }
     // The first acquire above stands for the first sequence; take one more per extra sequence.
@@ -212,36 +223,43 @@ export class Scheduler {
   }
 
   /**
-   * One model run of `rows` in lane `g`: a fused lane swaps its set in; the mixed lane lets
-   * the cost rule pick the fused set and runs each row's difference unfused.
+   * How lane `g` runs the model: a fused lane swaps its set in; the mixed lane lets the cost
+   * rule pick the fused set for each run and runs each row's difference unfused.
    */
-  private run(g: Lane, rows: readonly Sequence[], ids: number[][], attention: number[][], cache: KvCache): Promise<StepOut> {
+  private runner(g: Lane): BatchRunner {
+    const fusedRun = <T>(set: ServeSet, fn: () => Promise<T>): Promise<T> =>
+      this.swapper
+        .runWith(set.members, async () => {
+          this.fusedNow = set;
+          return fn();
+        })
+        .catch((err) => {
+          this.fusedNow = BASE; // a failed swap leaves the pristine base
+          throw err;
+        });
     if (g.set || !this.unfused) {
       const set = g.set ?? BASE;
-      return this.swapper.runWith(set.members, async () => {
-        this.fusedNow = set;
-        return this.model.step(ids, attention, cache);
-      }).catch((err) => {
-        this.fusedNow = BASE; // a failed swap leaves the pristine base
-        throw err;
-      });
+      return {
+        slots: (run) => fusedRun(set, () => this.dense!.run(run)),
+        concat: (ids, attention, cache) => fusedRun(set, () => this.model.step(ids, attention, cache)),
+      };
     }
     const { store, policy } = this.unfused;
-    const tokens = ids[0].length;
-    const runRows = rows.map((s) => ({ set: this.setOf.get(s)!, tokens, remaining: Math.max(1, s.spec.maxTokens - s.generated.length) }));
-    const choice = policy.choose(runRows, this.fusedNow, BASE);
-    if (choice.fused.key !== this.fusedNow.key) this.metrics.fusedSetChanges.inc();
-    return this.swapper.runWith(choice.fused.members, async () => {
-      this.fusedNow = choice.fused;
-      const plans = runRows.map((r) => store.plan(r.set, choice.fused));
-      const out = await store.executor.step(ids, attention, cache, plans);
-      this.metrics.runs.inc({ path: out.unfused ? 'unfused' : 'dense' });
-      if (out.unfused) this.metrics.unfusedRows.inc({}, plans.filter((p) => p.terms.length || p.masks).length);
-      return out;
-    }).catch((err) => {
-      this.fusedNow = BASE;
-      throw err;
-    });
+    return {
+      slots: (run, rows) => {
+        const runRows = rows.map((s) => ({ set: this.setOf.get(s)!, tokens: run.seq, remaining: Math.max(1, s.spec.maxTokens - s.generated.length) }));
+        const choice = policy.choose(runRows, this.fusedNow, BASE);
+        if (choice.fused.key !== this.fusedNow.key) this.metrics.fusedSetChanges.inc();
+        return fusedRun(choice.fused, async () => {
+          const plans = runRows.map((r) => store.plan(r.set, choice.fused));
+          const out = await store.executor.step(run, plans);
+          this.metrics.runs.inc({ path: out.unfused ? 'unfused' : 'dense' });
+          if (out.unfused) this.metrics.unfusedRows.inc({}, plans.filter((p) => p.terms.length || p.masks).length);
+          return out.logits;
+        });
+      },
+      concat: () => Promise.reject(new SparsetuneError('RUNTIME', 'the mixed batch runs on the in-place KV cache only')),
+    };
   }
 
   /**
@@ -259,11 +277,10 @@ export class Scheduler {
       byLength.set(len, [...(byLength.get(len) ?? []), seq]);
       taken++;
     }
+    const runner = this.runner(g);
     for (const [len, seqs] of byLength) {
-      const ones = new Array<number>(len).fill(1);
-      let out;
       try {
-        out = await this.run(g, seqs, seqs.map((s) => s.spec.prompt), seqs.map(() => ones), this.model.emptyCache(seqs.length));
+        await g.batch.prefill(seqs, runner);
       } catch (err) {
         for (const s of seqs) s.abort('error', err instanceof Error ? err.message : String(err)); // these prompts only
         continue;
@@ -272,22 +289,16 @@ export class Scheduler {
       }
       this.metrics.steps.inc({ kind: 'prefill' });
       this.metrics.promptTokens.inc({}, len * seqs.length);
-      seqs.forEach((s, b) => {
-        if (s.done) return; // cancelled during the prefill
-        this.metrics.completionTokens.inc();
-        s.accept(logitsRow(out.logits, b, len - 1));
-      });
-      g.batch.join(seqs, out.cache); // rows that already ended are dropped again
+      this.metrics.completionTokens.inc({}, seqs.filter((s) => s.generated.length > 0 || s.finishReason === 'eos').length);
     }
   }
 
   /** One decode step for every sequence in the lane's batch. */
   private async decode(g: Lane): Promise<void> {
-    const inputs = g.batch.nextInputs();
-    if (!inputs) return;
-    const out = await this.run(g, g.batch.sequences, inputs.ids, inputs.attention, inputs.cache);
+    if (g.batch.size === 0) return;
+    const produced = await g.batch.decode(this.runner(g));
     this.consecutive++;
     this.metrics.steps.inc({ kind: 'decode' });
-    this.metrics.completionTokens.inc({}, g.batch.advance(out, inputs.attention));
+    this.metrics.completionTokens.inc({}, produced);
   }
 }

@@ -135,12 +135,13 @@ describe('sparsetune serve over HTTP', () => {
     const jobs = sets.flatMap(([name, set], i) =>
       prompts.slice(0, 3).map((p, j) => ({ name, set, prompt: prompts[(i + j) % prompts.length], tokens: 10 + 4 * j })),
     );
-    const swapsBefore = await metric('sparsetune_swaps_total');
+    const unfusedBefore = await metric('sparsetune_unfused_rows_total');
     const got = await Promise.all(jobs.map((j) => complete(j.name, j.prompt, j.tokens)));
     for (let k = 0; k < jobs.length; k++) {
       expect(got[k], `${jobs[k].name}: ${jobs[k].prompt}`).toBe(await fusedGreedy(ref, jobs[k].set, jobs[k].prompt, jobs[k].tokens));
     }
-    expect(await metric('sparsetune_swaps_total')).toBeGreaterThan(swapsBefore + 3);
+    // The sets shared model runs: rows of some sets ran their adapters unfused beside the others.
+    expect(await metric('sparsetune_unfused_rows_total')).toBeGreaterThan(unfusedBefore);
   });
 
   it('loads and unloads adapters while requests are in flight', async () => {

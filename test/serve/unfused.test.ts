@@ -8,7 +8,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { WeightPatcher } from '../../src/merge/apply.js';
 import { scaleAdapter } from '../../src/merge/scale.js';
 import type { Adapter } from '../../src/merge/types.js';
-import { CausalLM, type KvCache } from '../../src/models/causal-lm.js';
+import { CausalLM } from '../../src/models/causal-lm.js';
+import { SlotCache } from '../../src/serve/slots.js';
 import { randomModel } from '../../src/models/random.js';
 import { Arena } from '../../src/serve/unfused/arena.js';
 import { EMPTY_PLAN, UnfusedExecutor, type RowPlan } from '../../src/serve/unfused/executor.js';
@@ -86,7 +87,8 @@ class Harness {
 
   /**
    * Rows with `sets` (and equal-length prompts) in one batch with `fused` in the weights:
-   * compare with each row alone, fused.
+   * compare with each row alone, fused. After the first decode step, row 1 leaves the batch
+   * (the last row moves into its slot), so compaction is checked too.
    */
   async check(sets: RowSet[], fused: RowSet, prompts: number[][], steps: number): Promise<number> {
     const refs: { logits: Float32Array[]; tokens: number[] }[] = [];
@@ -96,25 +98,33 @@ class Harness {
     for (const m of fused) patcher.apply(scaleAdapter(m.adapter, m.scale), { force: true });
     let worst = 0;
     try {
-      const plans = sets.map((s) => this.plan(s, fused));
+      let plans = sets.map((s) => this.plan(s, fused));
+      const allPlans = plans;
+      let order = sets.map((_, b) => b); // row i of the batch is request order[i]
       const V = this.model.vocabSize;
-      const S = prompts[0].length;
-      let att = prompts.map((p) => p.map(() => 1));
-      let out: { logits: { data: Float32Array; shape: number[] }; cache: KvCache; unfused: boolean } = await this.exec.step(prompts, att, this.model.emptyCache(sets.length), plans);
+      const cache = new SlotCache(this.model, 2, 4); // small, so the cache grows while running
+      const run0 = cache.prefillRun(prompts);
+      let out = await this.exec.step(run0, plans);
+      cache.commitPrefill(run0);
       for (let s = 0; ; s++) {
-        const len = s === 0 ? S : 1;
-        for (let b = 0; b < sets.length; b++) {
-          const got = out.logits.data.slice((b * len + len - 1) * V, (b * len + len) * V);
+        order.forEach((b, i) => {
+          const got = out.logits.data.slice(i * V, (i + 1) * V);
           const d = maxDiff(got, refs[b].logits[s]);
           worst = Math.max(worst, d);
-          expect(d, `row ${b} step ${s}`).toBeLessThan(1e-4);
-          expect(got.indexOf(Math.max(...got)), `row ${b} step ${s} greedy token`).toBe(refs[b].logits[s].indexOf(Math.max(...refs[b].logits[s])));
-        }
+          expect(d, `request ${b} step ${s}`).toBeLessThan(1e-4);
+          expect(got.indexOf(Math.max(...got)), `request ${b} step ${s} greedy token`).toBe(refs[b].logits[s].indexOf(Math.max(...refs[b].logits[s])));
+        });
         if (s === steps) break;
-        att = att.map((r) => [...r, 1]);
-        out = await this.exec.step(sets.map((_, b) => [refs[b].tokens[s]]), att, out.cache, plans);
+        if (s === 1 && order.length > 2) {
+          cache.remove(1);
+          order = [order[0], order[order.length - 1], ...order.slice(2, -1)];
+          plans = order.map((b) => allPlans[b]);
+        }
+        const run = cache.decodeRun(order.map((b) => refs[b].tokens[s]));
+        out = await this.exec.step(run, plans);
+        cache.commitDecode();
       }
-      for (const p of plans) p.masks?.release();
+      for (const p of allPlans) p.masks?.release();
     } finally {
       patcher.revertAll();
     }

@@ -7,7 +7,8 @@
  * no unfused work runs the ordinary one-piece graph.
  */
 import type { Adapter } from '../../merge/types.js';
-import type { CausalLM, KvCache } from '../../models/causal-lm.js';
+import type { CausalLM } from '../../models/causal-lm.js';
+import { DenseDecoder, type SlotRun } from '../slots.js';
 import type { LinearSite } from '../../models/hooks.js';
 import type { HostTensor } from '../../tensor.js';
 import type { Arena } from './arena.js';
@@ -40,12 +41,16 @@ function planIsEmpty(p: RowPlan): boolean {
 export class UnfusedExecutor {
   private segmented: Promise<SegmentedModel> | null = null;
   private tmp = { off: 0, size: 0 };
+  /** The plain decode graph, for runs with no unfused work. */
+  readonly dense: DenseDecoder;
 
   constructor(
     readonly model: CausalLM,
     readonly layout: ModelLayout,
     readonly arena: Arena,
-  ) {}
+  ) {
+    this.dense = new DenseDecoder(model);
+  }
 
   /** The cut graph, compiled on first use. */
   segments(): Promise<SegmentedModel> {
@@ -54,21 +59,17 @@ export class UnfusedExecutor {
   }
 
   /**
-   * `CausalLM.step` for rows with plans (`plans[b]` for row b). Must run while the weights
-   * hold exactly the fused set the plans were made against.
+   * Run the decode-graph step `run` (slots.ts) for rows with plans (`plans[b]` for row b):
+   * the plain graph when no row has unfused work, else the cut graph with each row's
+   * contributions. Must run while the weights hold exactly the fused set the plans were made
+   * against. Returns each row's last-position logits [rows, vocab], valid until the next run.
    */
-  async step(
-    ids: readonly (readonly number[])[],
-    attention: readonly (readonly number[])[],
-    cache: KvCache,
-    plans: readonly RowPlan[],
-  ): Promise<{ logits: HostTensor<'f32'>; cache: KvCache; unfused: boolean }> {
-    if (plans.every(planIsEmpty)) return { ...(await this.model.step(ids, attention, cache)), unfused: false };
+  async step(run: SlotRun, plans: readonly RowPlan[]): Promise<{ logits: HostTensor<'f32'>; unfused: boolean }> {
+    if (plans.every(planIsEmpty)) return { logits: await this.dense.run(run), unfused: false };
     const seg = await this.segments();
-    const S = ids[0].length;
-    const embedDelta = this.embedDelta(ids, plans);
-    const onSite = (site: LinearSite, x: number, y: number) => this.runSite(site, x, y, S, plans);
-    return { ...(await seg.step(ids, attention, cache, { onSite, embedDelta: embedDelta ?? undefined })), unfused: true };
+    const embedDelta = this.embedDelta(run.ids, plans);
+    const onSite = (site: LinearSite, x: number, y: number, rows: number) => this.runSite(site, x, y, rows, plans);
+    return { logits: await seg.step(run, { onSite, embedDelta: embedDelta ?? undefined }), unfused: true };
   }
 
   /** The kernels' scratch vector, big enough for every site. */
@@ -83,7 +84,8 @@ export class UnfusedExecutor {
   }
 
   /** Add every row's contributions at `site`: x, y are the arena offsets of the site's input and output. */
-  private runSite(site: LinearSite, x: number, y: number, S: number, plans: readonly RowPlan[]): void {
+  private runSite(site: LinearSite, x: number, y: number, rows: number, plans: readonly RowPlan[]): void {
+    const S = rows / plans.length; // kernel rows per batch row: new tokens, or 1 at the LM head
     const nIn = site.inFeatures;
     const nOut = site.outFeatures;
     const k = this.arena.k;
