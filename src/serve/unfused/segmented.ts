@@ -9,7 +9,7 @@
  * on the model's depth only, never on adapters. Token-embedding deltas enter as one extra
  * input added to the embedding output (`embed_delta`).
  */
-import type { CompiledGraph } from '../../engine/runtime.js';
+import { Runtime, type CompiledGraph } from '../../engine/runtime.js';
 import ort from 'onnxruntime-node';
 import type { Dim, Value } from '../../engine/ir.js';
 import { add } from '../../engine/ops/index.js';
@@ -98,6 +98,11 @@ export class SegmentedModel {
     const parts = partition(graph, marks);
     const { layers } = model.arch.kvShape(model.config);
     const kvNames = new Set(Array.from({ length: layers }, (_, l) => [`present_k_${l}`, `present_v_${l}`]).flat().map((n) => parts.outputs.get(n)!));
+    // The segments' own runtime (same options as the model's), sized so that its session
+    // cache keeps all of them: one step runs every segment, so evicting any would rebuild it
+    // every step. The count depends on the model's depth only.
+    const rt = model.runtime;
+    const runtime = new Runtime({ threads: rt.threads || undefined, executionProviders: rt.executionProviders, cpuMemArena: rt.cpuMemArena, spinning: rt.spinning, maxSessions: parts.segments.length + 1 });
     const segments: CompiledSegment[] = [];
     for (const seg of parts.segments) {
       const resident: ResidentOut[] = [];
@@ -107,7 +112,7 @@ export class SegmentedModel {
         else if (o.value.dtype === 'f32') resident.push({ name: o.name, shape: o.value.shape });
         else throw new SparsetuneError('BAD_GRAPH', `segmented decode graph: output ${o.name} is ${o.value.dtype}, expected f32`);
       }
-      segments.push({ compiled: await model.runtime.compile(seg.graph), cuts: seg.cuts.map((n) => sites.get(n)!), resident, allocated });
+      segments.push({ compiled: await runtime.compile(seg.graph), cuts: seg.cuts.map((n) => sites.get(n)!), resident, allocated });
     }
     return new SegmentedModel(model, arena, parts, marks, segments, hidden);
   }
