@@ -5,7 +5,9 @@
  * (rows are ragged, no padding, no attention mask); active rows sit in slots 0..n-1, so a
  * run over rows [first, first + k) feeds contiguous views of the buffers. Rows join by
  * prefilling straight into free slots at the end, and leave by having the last row moved
- * into their slot. Nothing of the cache is copied per token.
+ * into their slot. Nothing of the cache is copied per token. onnxruntime's CPU kernel works
+ * over the whole capacity, so the capacity starts small, doubles as rows grow, and starts
+ * small again when the batch empties.
  */
 import { SparsetuneError } from '../errors.js';
 import type { CompiledGraph } from '../engine/runtime.js';
@@ -42,7 +44,7 @@ export class SlotCache {
   private readonly kvHeads: number;
   private readonly headDim: number;
 
-  constructor(private readonly model: CausalLM, rows = 4, positions = 64) {
+  constructor(private readonly model: CausalLM, rows = 4, positions = 16) {
     if (!sharedCacheSupported(model)) throw new SparsetuneError('BAD_ARGUMENT', 'SlotCache: this model cannot use the in-place KV cache (head size not a multiple of 8)');
     ({ layers: this.layers, kvHeads: this.kvHeads, headDim: this.headDim } = model.arch.kvShape(model.config));
     this.rowCap = Math.max(1, rows);
@@ -137,6 +139,8 @@ export class SlotCache {
     const k = prompts.length;
     const S = prompts[0].length;
     if (k === 0 || S === 0 || prompts.some((p) => p.length !== S)) throw new SparsetuneError('BAD_ARGUMENT', 'prefill: one or more prompts of one length');
+    // Attention's cost grows with the cache capacity: start small again once the batch is empty.
+    if (this.n === 0 && this.posCap > 2 * S) this.allocate(this.rowCap, Math.max(16, 2 ** Math.ceil(Math.log2(S))));
     this.reserve(this.n + k, S);
     return this.run(this.n, k, S, prompts.map((p) => [...p]), (_, s) => s, new Int32Array(k).fill(S - 1), S);
   }
