@@ -16,6 +16,8 @@ const argsSchema = z.object({
   'duration-s': z.coerce.number().positive().default(15),
   'max-tokens': z.coerce.number().int().positive().default(32),
   prompt: z.string().default('Once upon a time, there was a'),
+  /** Comma-separated token ids to send instead of `prompt` (models without a tokenizer). */
+  'prompt-ids': z.string().regex(/^\d+(,\d+)*$/).optional(),
   'api-key': z.string().optional(),
 });
 
@@ -27,6 +29,7 @@ const { values } = parseArgs({
     'duration-s': { type: 'string' },
     'max-tokens': { type: 'string' },
     prompt: { type: 'string' },
+    'prompt-ids': { type: 'string' },
     'api-key': { type: 'string' },
   },
 });
@@ -50,7 +53,7 @@ async function oneRequest(model: string): Promise<Sample> {
   const res = await fetch(`${args.url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...(args['api-key'] ? { authorization: `Bearer ${args['api-key']}` } : {}) },
-    body: JSON.stringify({ model, prompt: args.prompt, max_tokens: args['max-tokens'], temperature: 0, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ model, prompt: args['prompt-ids'] ? args['prompt-ids'].split(',').map(Number) : args.prompt, max_tokens: args['max-tokens'], temperature: 0, stream: true, stream_options: { include_usage: true } }),
   });
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
   let ttft = NaN;

@@ -1,46 +1,74 @@
 /**
- * Serving benchmark (`npx tsx bench/serve.ts`, under 3 minutes): throughput and latency of
- * the HTTP server on stories260K with the base alone and with 1, 10 and 100 adapters in
- * rotation, driven by a separate load-generating process (bench/serve-load.ts) over
- * loopback. Swap latency (apply/revert of sparse deltas) is measured by bench/merge.ts.
+ * Serving benchmark (`npm run bench -- serve`, about 8 minutes; SERVE_BENCH_SECONDS=N
+ * lengthens each scenario): aggregate tokens/s and p50/p99 latency of the HTTP server with
+ * the base alone and with 1, 10, 100 and 1,000 adapters in rotation (a mix of 1% sparse
+ * deltas, LoRA r8/r16 and S2FT: bench/serve-adapters.ts), 16 and 64 concurrent streaming
+ * clients, on stories260K and the random ~30M Llama. The default server runs mixed-adapter
+ * batches (unfused deltas); a second server on its own copy of the weights runs the same
+ * adapters fused one set at a time (--fused-only), side by side. Scenarios alternate in
+ * rounds so background load hits them alike; ratios are taken within one run. The 1,000-
+ * adapter scenario runs with payload and table budgets below what 1,000 adapters need, so
+ * adapters are evicted and read back from disk (LRU). Also: resident memory per adapter.
  * Writes bench/results/serve.json and serve.md.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp } from 'node:fs/promises';
+import { existsSync, writeFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { bundledModelPath } from '../src/io/model-dir.js';
 import { saveAdapter } from '../src/merge/adapter.js';
 import { fingerprintWeights } from '../src/merge/fingerprint.js';
 import { CausalLM } from '../src/models/causal-lm.js';
-import { createServer } from '../src/serve/server.js';
-import { sparseAdapter } from './sparse-adapters.js';
+import { LLAMA_30M, randomModel } from '../src/models/random.js';
+import { Runtime } from '../src/engine/runtime.js';
+import { adapterBytes } from '../src/serve/registry.js';
+import { createServer, type SparsetuneServer } from '../src/serve/server.js';
+import { Arena } from '../src/serve/unfused/arena.js';
+import { modelLayout } from '../src/serve/unfused/layout.js';
+import { buildTables } from '../src/serve/unfused/tables.js';
+import { MIX, mixAdapter, type MixKind } from './serve-adapters.js';
 import { table, writeResults } from './util.js';
 
-/** Load time per scenario, split over ROUNDS interleaved rounds. */
-const LOAD_SECONDS = Number(process.env.SERVE_BENCH_SECONDS ?? 15);
-const ROUNDS = 3;
-const CONCURRENCY = 16;
+const SECONDS = Number(process.env.SERVE_BENCH_SECONDS ?? 6);
+const ROUNDS = 2;
 const MAX_TOKENS = 32;
+const COUNTS = [0, 1, 10, 100, 1000];
+const CLIENTS = [16, 64];
+/** Rotation sizes also run on the fused-only server. */
+const FUSED_COUNTS = [1, 10, 100];
+/** Token ids of the prompt (valid for both vocabularies; the random model has no tokenizer). */
+const PROMPT = [1, 403, 407, 261, 30, 500, 12, 90];
+const MAX_ADAPTERS = Math.max(...COUNTS);
+const ids = Array.from({ length: MAX_ADAPTERS }, (_, i) => `ad${String(i).padStart(4, '0')}`);
 
-/** Run the load generator in its own process; resolves to its JSON result. */
-function runLoad(url: string, models: string[], seconds: number): Promise<Record<string, unknown>> {
+interface Load {
+  seconds: number;
+  tokens: number;
+  requests: number;
+  errors: number;
+  firstError?: string;
+  samples: [number, number, number][];
+}
+
+function runLoad(url: string, models: string[], clients: number, seconds: number): Promise<Load> {
+  const args = ['--url', url, '--models', models.join(','), '--concurrency', String(clients), '--duration-s', String(seconds), '--max-tokens', String(MAX_TOKENS), '--prompt-ids', PROMPT.join(',')];
   return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', path.join(import.meta.dirname, 'serve-load.ts'), '--url', url, '--models', models.join(','), '--concurrency', String(CONCURRENCY), '--duration-s', String(seconds), '--max-tokens', String(MAX_TOKENS)],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'serve-load.ts'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!)) : reject(new Error(`serve-load exited with ${code}`))));
   });
 }
 
-async function metricValue(url: string, name: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.split(' ')[1]) : NaN;
+async function metrics(url: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const line of (await (await fetch(`${url}/metrics`)).text()).split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const cut = line.lastIndexOf(' ');
+    out.set(line.slice(0, cut), Number(line.slice(cut + 1)));
+  }
+  return out;
 }
 
 function percentile(xs: number[], p: number): number {
@@ -48,83 +76,156 @@ function percentile(xs: number[], p: number): number {
   return s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] : NaN;
 }
 
-/**
- * Throughput and latency per scenario. The scenarios run in interleaved rounds (A B C D A B
- * C D ...) so that changing background load on the machine hits all of them alike.
- */
-async function throughput() {
-  const model = await CausalLM.load(bundledModelPath());
+/** The adapters directory of a model, written once and reused by later runs (same seeds). */
+async function adapterDir(name: string, model: CausalLM): Promise<string> {
+  const dir = path.join(tmpdir(), `sparsetune-bench-serve-${name}-v1`);
+  if (existsSync(path.join(dir, 'COMPLETE'))) return dir;
+  await mkdir(dir, { recursive: true });
   const fp = fingerprintWeights(model.weights);
-  const dir = await mkdtemp(path.join(tmpdir(), 'sparsetune-bench-serve-'));
-  const ids = Array.from({ length: 100 }, (_, i) => `ad${String(i).padStart(3, '0')}`);
-  for (let i = 0; i < ids.length; i++) await saveAdapter(path.join(dir, ids[i]), sparseAdapter(model.weights, 0.01, 100 + i, fp));
-  const server = await createServer({ model, adaptersDir: dir, maxBatch: 8, maxQueue: 1024, maxActive: 64, maxConsecutiveSteps: 8 });
-  const url = await server.listen(0);
-  const scenarios: [string, string[]][] = [
-    ['base only', ['base']],
-    ['1 adapter', ids.slice(0, 1)],
-    ['10 adapters in rotation', ids.slice(0, 10)],
-    ['100 adapters in rotation', ids],
-  ];
-  const acc = scenarios.map(() => ({ seconds: 0, tokens: 0, requests: 0, errors: 0, ms: [] as number[], ttft: [] as number[], swaps: 0, swapSeconds: 0 }));
-  await runLoad(url, ['base'], 3).catch(() => {}); // warm-up (sessions, JIT); not reported
+  const t0 = performance.now();
+  for (let i = 0; i < MAX_ADAPTERS; i++) await saveAdapter(path.join(dir, ids[i]), mixAdapter(model, i, fp).adapter);
+  writeFileSync(path.join(dir, 'COMPLETE'), '');
+  console.error(`wrote ${MAX_ADAPTERS} adapters for ${name} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  return dir;
+}
+
+/** Payload and unfused-table bytes of each adapter kind. */
+function memoryPerKind(model: CausalLM) {
+  const fp = fingerprintWeights(model.weights);
+  const arena = new Arena();
+  const layout = modelLayout(model);
+  return MIX.map((kind, i) => {
+    const { adapter } = mixAdapter(model, i, fp);
+    const t = buildTables(arena, adapter, layout);
+    return { kind, payloadBytes: adapterBytes(adapter), tableBytes: t.bytes, unfusedUsPerToken: t.costNs / 1000 };
+  });
+}
+
+interface Scenario {
+  server: 'mixed' | 'fused-only';
+  clients: number;
+  adapters: number;
+  acc: { seconds: number; tokens: number; requests: number; errors: number; firstError?: string; ms: number[]; ttft: number[]; swaps: number; unfusedRows: number; rows: number; reloads: number; fusedChanges: number };
+}
+
+async function benchModel(name: string, load: () => Promise<CausalLM>, budgets: { payloadMb: number; tableMb: number }) {
+  const modelU = await load();
+  const modelF = await load();
+  const dir = await adapterDir(name, modelU);
+  let reloads = 0;
+  const log = (m: string) => {
+    if (m.startsWith('reloaded adapter')) reloads++;
+  };
+  const common = { adaptersDir: dir, maxBatch: 64, maxActive: 64, maxQueue: 4096, maxConsecutiveSteps: 8, memoryBudgetMb: budgets.payloadMb, log };
+  const t0 = performance.now();
+  const servers: Record<Scenario['server'], SparsetuneServer> = {
+    mixed: await createServer({ ...common, model: modelU, unfusedBudgetMb: budgets.tableMb }),
+    'fused-only': await createServer({ ...common, model: modelF, unfused: false }),
+  };
+  console.error(`${name}: servers up in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  const urls = { mixed: await servers.mixed.listen(0), 'fused-only': await servers['fused-only'].listen(0) };
+  const scenarios: Scenario[] = [];
+  const fresh = () => ({ seconds: 0, tokens: 0, requests: 0, errors: 0, ms: [], ttft: [], swaps: 0, unfusedRows: 0, rows: 0, reloads: 0, fusedChanges: 0 });
+  for (const clients of CLIENTS) {
+    for (const n of COUNTS) scenarios.push({ server: 'mixed', clients, adapters: n, acc: fresh() });
+    for (const n of FUSED_COUNTS) scenarios.push({ server: 'fused-only', clients, adapters: n, acc: fresh() });
+  }
+  // Warm-up: sessions (one-piece and cut graphs), JIT, the first tables; not reported.
+  for (const s of ['mixed', 'fused-only'] as const) await runLoad(urls[s], ids.slice(0, 8), 16, 2);
   for (let round = 0; round < ROUNDS; round++) {
-    for (let k = 0; k < scenarios.length; k++) {
-      const swaps0 = await metricValue(url, 'sparsetune_swaps_total');
-      const swapSum0 = await metricValue(url, 'sparsetune_swap_seconds_sum');
-      const r = (await runLoad(url, scenarios[k][1], LOAD_SECONDS / ROUNDS)) as { seconds: number; tokens: number; requests: number; errors: number; samples: [number, number, number][] };
-      const a = acc[k];
+    for (const sc of scenarios) {
+      const url = urls[sc.server];
+      const before = await metrics(url);
+      const reloads0 = reloads;
+      const models = sc.adapters === 0 ? ['base'] : ids.slice(0, sc.adapters);
+      const r = await runLoad(url, models, sc.clients, SECONDS / ROUNDS);
+      const after = await metrics(url);
+      const d = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);
+      const a = sc.acc;
       a.seconds += r.seconds;
       a.tokens += r.tokens;
       a.requests += r.requests;
       a.errors += r.errors;
+      a.firstError ??= r.firstError;
       for (const [ms, ttft] of r.samples) {
         a.ms.push(ms);
         a.ttft.push(ttft);
       }
-      a.swaps += (await metricValue(url, 'sparsetune_swaps_total')) - swaps0;
-      a.swapSeconds += (await metricValue(url, 'sparsetune_swap_seconds_sum')) - swapSum0;
-      console.error(`round ${round + 1} ${scenarios[k][0]}: ${(r.tokens / r.seconds).toFixed(0)} tokens/s`);
+      a.swaps += d('sparsetune_swaps_total');
+      a.unfusedRows += d('sparsetune_unfused_rows_total');
+      a.rows += d('sparsetune_completion_tokens_total');
+      a.fusedChanges += d('sparsetune_fused_set_changes_total');
+      a.reloads += reloads - reloads0;
+      console.error(`${name} round ${round + 1} ${sc.server} ${sc.clients} clients ${sc.adapters} adapters: ${(r.tokens / r.seconds).toFixed(0)} tokens/s${r.errors ? `, ${r.errors} errors (${r.firstError})` : ''}`);
     }
   }
-  await server.close();
-  return scenarios.map(([label, models], k) => {
-    const a = acc[k];
+  const rss = process.memoryUsage().rss;
+  const tableBytes = servers.mixed.service.metrics.render().match(/^sparsetune_unfused_table_bytes (\d+)/m)?.[1];
+  await servers.mixed.close();
+  await servers['fused-only'].close();
+  const rows = scenarios.map((sc) => {
+    const a = sc.acc;
+    const base = scenarios.find((x) => x.server === 'mixed' && x.clients === sc.clients && x.adapters === 0)!.acc;
+    const tps = a.tokens / a.seconds;
     return {
-      scenario: label,
-      adapters: models[0] === 'base' ? 0 : models.length,
-      seconds: a.seconds,
+      model: name,
+      server: sc.server,
+      clients: sc.clients,
+      adapters: sc.adapters,
       requests: a.requests,
       errors: a.errors,
-      tokens: a.tokens,
-      tokensPerSecond: a.tokens / a.seconds,
-      requestsPerSecond: a.requests / a.seconds,
+      firstError: a.firstError,
+      tokensPerSecond: tps,
+      vsBase: tps / (base.tokens / base.seconds),
       latencyMs: { p50: percentile(a.ms, 50), p99: percentile(a.ms, 99) },
       ttftMs: { p50: percentile(a.ttft, 50), p99: percentile(a.ttft, 99) },
       swaps: a.swaps,
-      swapSecondsTotal: a.swapSeconds,
+      unfusedRowShare: a.rows ? a.unfusedRows / a.rows : 0,
+      fusedSetChanges: a.fusedChanges,
+      reloadsFromDisk: a.reloads,
     };
   });
+  return { rows, memory: memoryPerKind(modelU), rssBytes: rss, tableBytes: Number(tableBytes ?? 0), budgets };
 }
 
 const t0 = performance.now();
 const loadBefore = loadavg()[0];
-const loadRows = await throughput();
+/**
+ * onnxruntime's idle threads sleep instead of spinning (both servers, all scenarios): on the
+ * shared dev machine spinning threads made every run several times slower (runtime.ts).
+ */
+const runtime = () => new Runtime({ spinning: process.env.SPARSETUNE_ORT_SPINNING === '1' });
+const only = process.env.SERVE_BENCH_MODELS?.split(',');
+const results = [];
+if (!only || only.includes('stories260K')) results.push(await benchModel('stories260K', () => CausalLM.load(bundledModelPath(), { runtime: runtime() }), { payloadMb: 1024, tableMb: 1024 }));
+// Budgets below what 1,000 adapters need (~1.4 GB of payloads, about as much in tables).
+if (!only || only.includes('llama-30M')) results.push(await benchModel('llama-30M (random)', async () => randomModel(LLAMA_30M, { runtime: runtime() }), { payloadMb: 384, tableMb: 384 }));
 const totalSeconds = (performance.now() - t0) / 1000;
 const loadAfter = loadavg()[0];
 
+const fmt = (x: number) => (Number.isNaN(x) ? '-' : x);
+const label = (n: number) => (n === 0 ? 'base only' : n === 1 ? '1 adapter' : `${n} adapters in rotation`);
 const md = [
-  '## Serving: multi-adapter throughput',
+  '## Serving: mixed-adapter batches',
   '',
-  'Swap latency (apply/revert of sparse deltas) is in the merge benchmark (bench/results/merge.md).',
+  `HTTP over loopback, closed-loop streaming clients in a separate process, ${MAX_TOKENS} max tokens, greedy, a ${PROMPT.length}-token prompt, ${SECONDS} s per scenario in ${ROUNDS} alternating rounds. Adapters in rotation: a mix of 1% sparse deltas of every 2-D weight, LoRA r8 and r16 on q_proj/v_proj, and S2FT (1/16 of the rows of v_proj/up_proj and columns of o_proj/down_proj) — one kind in four each. "mixed" is the default server (one batch of up to 64 rows whatever their adapters; unfused contributions per row; the cost rule picks the fused set); "fused-only" is \`--fused-only\` (one set at a time, swapped in; max batch 64). "vs base" is tokens/s over the mixed server's base-only tokens/s at the same client count, same run. "unfused rows" is the share of generated tokens whose row ran unfused work. Client and server share the 2 cores.`,
   '',
-  `HTTP throughput on stories260K over loopback: ${CONCURRENCY} closed-loop streaming clients in a separate process, ${MAX_TOKENS} max tokens, greedy, ${LOAD_SECONDS} s per scenario in ${ROUNDS} interleaved rounds; adapters touch 1% of every 2-D weight. Server: max batch 8 per adapter set, at most 8 consecutive model runs per set while another waits. Client and server share the 2 cores.`,
-  '',
-  table(
-    ['scenario', 'requests', 'errors', 'tokens/s', 'requests/s', 'latency p50 ms', 'latency p99 ms', 'TTFT p50 ms', 'TTFT p99 ms', 'swaps', 'time in swaps s'],
-    loadRows.map((r) => [r.scenario, r.requests, r.errors, r.tokensPerSecond, r.requestsPerSecond, r.latencyMs.p50, r.latencyMs.p99, r.ttftMs.p50, r.ttftMs.p99, r.swaps, r.swapSecondsTotal]),
-  ),
-  '',
+  ...results.flatMap((r) => [
+    `### ${r.rows[0].model}`,
+    '',
+    table(
+      ['server', 'clients', 'scenario', 'requests', 'errors', 'tokens/s', 'vs base', 'latency p50 ms', 'latency p99 ms', 'TTFT p50 ms', 'swaps', 'unfused rows', 'fused-set changes', 'reloads from disk'],
+      r.rows.map((x) => [x.server, x.clients, label(x.adapters), x.requests, x.errors, x.tokensPerSecond, x.vsBase, x.latencyMs.p50, x.latencyMs.p99, fmt(x.ttftMs.p50), x.swaps, `${(100 * x.unfusedRowShare).toFixed(0)}%`, x.fusedSetChanges, x.reloadsFromDisk]),
+    ),
+    '',
+    `Resident memory per adapter (payload as loaded; unfused tables in the WebAssembly arena; estimated unfused kernel time per token). Budgets: ${r.budgets.payloadMb} MiB of payloads and ${r.budgets.tableMb} MiB of tables, least recently used evicted and read back from disk; process RSS at the end ${(r.rssBytes / 2 ** 20).toFixed(0)} MiB (both servers, both model copies), tables resident ${(r.tableBytes / 2 ** 20).toFixed(0)} MiB.`,
+    '',
+    table(
+      ['kind', 'payload KiB', 'tables KiB', 'unfused µs / token'],
+      r.memory.map((m) => [m.kind as MixKind, m.payloadBytes / 1024, m.tableBytes / 1024, m.unfusedUsPerToken]),
+    ),
+    '',
+  ]),
   `Total benchmark time: ${totalSeconds.toFixed(0)} s. Machine load average (1 min) ${loadBefore.toFixed(1)} at start, ${loadAfter.toFixed(1)} at end, on ${cpus().length} cores: other work on the machine skews these numbers.`,
 ].join('\n');
-writeResults('serve', { concurrency: CONCURRENCY, maxTokens: MAX_TOKENS, loadSeconds: LOAD_SECONDS, loadAverage: { start: loadBefore, end: loadAfter, cores: cpus().length }, load: loadRows, totalSeconds }, md);
+writeResults('serve', { maxTokens: MAX_TOKENS, secondsPerScenario: SECONDS, rounds: ROUNDS, loadAverage: { start: loadBefore, end: loadAfter, cores: cpus().length }, results, totalSeconds }, md);
