@@ -12,7 +12,7 @@
  * step in scripts/torch_train_step.py (forward, backward, AdamW).
  */
 import { z } from 'zod';
-import type { TokenizedExample } from '../src/io/datasets.js';
+import { collate, type TokenizedExample } from '../src/io/datasets.js';
 import { bundledModelPath } from '../src/io/model-dir.js';
 import { CausalLM } from '../src/models/causal-lm.js';
 import { LLAMA_135M, LLAMA_30M, LLAMA_38M, QWEN_05B, randomModel } from '../src/models/random.js';
@@ -52,6 +52,8 @@ const argsSchema = z.object({
   warmup: z.coerce.number().int().nonnegative().default(2),
   seed: z.coerce.number().int().default(0),
   batch: z.coerce.number().int().positive().optional(),
+  /** Comma-separated target modules for adapter methods (e.g. all linears for LoRA). */
+  targets: z.string().optional(),
   seq: z.coerce.number().int().positive().optional(),
 });
 
@@ -111,8 +113,10 @@ async function main(): Promise<void> {
   const data = syntheticExamples(batch * 4, seq, model.vocabSize, args.seed);
   const modelRss = peakRssMb();
 
+  if (args.method === 'forward') return forwardOnly(model, data, batch, seq, args, modelRss);
   const mod = await methodModule(args.method);
-  const config = mod.configSchema.parse(BENCH_METHOD_CONFIGS[args.method] ?? {});
+  const overrides = args.targets ? { targetModules: args.targets.split(',') } : {};
+  const config = mod.configSchema.parse({ ...(BENCH_METHOD_CONFIGS[args.method] ?? {}), ...overrides });
   const method = await mod.createMethod(model, config);
   const trainable = method.params().reduce((n, p) => n + p.data.length, 0);
   const perPhase = args.warmup + args.steps;
@@ -153,6 +157,21 @@ async function main(): Promise<void> {
     const budget = (method as { budget?: number }).budget;
     result.note = `step_ms: phase 2 (sparse FT${budget ? `, ${budget} tunable entries` : ''}); phase 1 (full FT) ${result.phase1_step_ms.toFixed(0)} ms`;
   }
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+/** `--method forward`: the loss forward alone (what `sparsetune eval` runs per batch). */
+async function forwardOnly(model: CausalLM, data: TokenizedExample[], batch: number, seq: number, args: z.infer<typeof argsSchema>, modelRss: number): Promise<void> {
+  const b = collate(data.slice(0, batch), 0);
+  const times: number[] = [];
+  for (let i = 0; i < args.warmup + args.steps; i++) {
+    const t0 = performance.now();
+    await model.loss(b);
+    if (i >= args.warmup) times.push(performance.now() - t0);
+  }
+  const ms = median(times);
+  const total = [...model.weights.values()].reduce((n, w) => n + w.data.length, 0);
+  const result = { method: 'forward', model: args.model, batch, seq, trainable: 0, total_params: total, step_ms: ms, step_ms_min: Math.min(...times), tokens_per_s: (batch * seq * 1000) / ms, peak_rss_mb: peakRssMb(), model_rss_mb: modelRss };
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

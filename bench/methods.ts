@@ -28,6 +28,7 @@ import { Trainer } from '../src/train/trainer.js';
 import { ANSI_C_LCG, lcg32Uint32 } from '../src/util/random.js';
 import { table, writeResults } from './util.js';
 import { comparePerToken, prunedModel, type PairedPerToken } from './per-token.js';
+import { compare, compareTable, ISSUE_WORKS, torchAvailable, type CompareRow } from './vs-torch.js';
 
 const root = join(import.meta.dirname, '..');
 const threads = Number(process.env.SPARSETUNE_THREADS ?? 2);
@@ -105,12 +106,6 @@ function runWorker(model: ModelKey, method: string): MethodRow {
   return json as unknown as MethodRow;
 }
 
-function torchAvailable(): string | null {
-  const r = spawnSync(PYTHON, ['-c', 'import torch'], { encoding: 'utf8' });
-  if (r.error) return `${PYTHON} not found`;
-  return r.status === 0 ? null : `torch is not importable by ${PYTHON} (install python3-torch)`;
-}
-
 function runTorch(model: ModelKey, method: 'full' | 'lora', tmp: string): TorchRow {
   const { batch, seq, warmup, steps } = MODELS[model];
   let source: string[];
@@ -186,6 +181,30 @@ if (!modelsArg.success) {
 }
 const models = modelsArg.data;
 const load0 = loadavg()[0];
+
+// The issue's shapes first (38.7M Llama, batch 4x256), sparsetune and PyTorch alternating.
+const issueTmp = mkdtempSync(join(tmpdir(), 'bench-vs-torch-'));
+const issueRows: CompareRow[] = [];
+const torchRounds = Number(process.env.BENCH_TORCH_ROUNDS ?? 3);
+const torchSteps = Number(process.env.BENCH_TORCH_STEPS ?? 3);
+try {
+  if (process.env.BENCH_ISSUE !== '0') {
+    issueRows.push(...(await compare({ model: 'llama38m', works: ISSUE_WORKS, batch: 4, seq: 256, threads, rounds: torchRounds, steps: torchSteps, tmp: issueTmp, needGb: 5 })));
+  }
+  if (process.env.BENCH_SCALE === '1') {
+    // Scale: one run at a time, each waiting for the memory it needs.
+    const scaleWorks = [
+      { label: 'LoRA q,v r8 step', method: 'lora', torch: 'lora' as const },
+      { label: 'S2FT step', method: 's2ft' },
+      { label: 'full fine-tuning step', method: 'full', torch: 'full' as const },
+    ];
+    issueRows.push(...(await compare({ model: 'llama135m', works: scaleWorks, batch: 4, seq: 256, threads, rounds: 1, steps: 2, tmp: issueTmp, needGb: 6 })));
+    issueRows.push(...(await compare({ model: 'qwen05b', works: scaleWorks, batch: 2, seq: 256, threads, rounds: 1, steps: 2, tmp: issueTmp, needGb: 13 })));
+  }
+} finally {
+  rmSync(issueTmp, { recursive: true, force: true });
+}
+console.error(`[${elapsed()} s] issue shapes vs PyTorch measured`);
 
 const rows: MethodRow[] = [];
 for (const model of models) {
@@ -275,6 +294,13 @@ const md = [
     'peak RSS is the process\'s maxRSS (model, graph, ORT arenas, optimizer state). Method configs are the defaults (LoRA: r 8 on q_proj + v_proj, as PEFT). ' +
     'The ~30M model is `LLAMA_30M` (hidden 384, 8 layers, vocab 32000, tied embeddings) with random weights.',
   '',
+  `### Issue shapes against PyTorch (38.7M Llama: hidden 384, 8 layers, 6/6 heads, FFN 1024, vocab 32000, untied; batch 4x256; ${torchRounds} alternating rounds of ${torchSteps} timed steps after 1 warm-up, each run its own process; OMP_WAIT_POLICY=${torchEnv.OMP_WAIT_POLICY})`,
+  '',
+  'Speed = median over rounds of (PyTorch step time / sparsetune step time): above 1 means sparsetune is faster. Memory = sparsetune peak RSS / PyTorch peak RSS (PyTorch includes ~230 MB for torch itself). ' +
+    (process.env.BENCH_SCALE === '1' ? 'Scale rows: SmolLM-135M geometry (4x256) and Qwen2.5-0.5B geometry (2x256), random weights, one round. ' : 'Scale rows (SmolLM-135M, Qwen2.5-0.5B geometries): BENCH_SCALE=1. '),
+  '',
+  issueRows.length ? compareTable(issueRows) : 'skipped (BENCH_ISSUE=0)',
+  '',
   ...models.map((m) => methodTable(m) + '\n'),
   `### Against PyTorch (same step: forward, backward, AdamW; \`scripts/torch_train_step.py\`, OpenBLAS, same threads, shapes and step counts; OMP_WAIT_POLICY=${torchEnv.OMP_WAIT_POLICY})`,
   '',
@@ -287,4 +313,4 @@ const md = [
   `Load average at start: ${load0.toFixed(1)} on ${cpus().length} cores (a shared box skews timings; medians are used). Total bench time ${totalS} s.`,
 ].join('\n');
 
-writeResults('methods', { threads, loadAverageAtStart: load0, totalSeconds: totalS, models: MODELS, methods: rows, torch: torchRows, torchSkipped: noTorch, patExport: pat }, md);
+writeResults('methods', { threads, issue: issueRows, loadAverageAtStart: load0, totalSeconds: totalS, models: MODELS, methods: rows, torch: torchRows, torchSkipped: noTorch, patExport: pat }, md);

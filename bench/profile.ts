@@ -153,6 +153,7 @@ function aggregate(dir: string, prefix: string, keep: WorkResult['keep']) {
     for (const e of events) {
       if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || !inKept(e.ts)) continue;
       const op = e.args?.op_name ?? '?';
+      if (op === 'Scan' || op === 'Loop') continue; // containers: their body nodes are listed themselves
       kernelUs += e.dur;
       const o = byOp.get(op) ?? { op, us: 0, count: 0 };
       o.us += e.dur;

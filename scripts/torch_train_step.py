@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF model dir with config.json + model.safetensors")
     src.add_argument("--config", help="HF config.json to random-init (N(0, 0.02) weights)")
-    p.add_argument("--method", choices=["full", "lora"], default="full")
+    p.add_argument("--method", choices=["full", "lora", "forward"], default="full",
+                   help="forward: the loss forward only (no_grad, no optimizer)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -119,7 +120,10 @@ def main(argv=None) -> None:
         sys.exit(f"--seq-len {args.seq_len} exceeds n_positions {config['n_positions']}")
     gen = torch.Generator().manual_seed(args.seed)
 
-    if args.method == "full":
+    if args.method == "forward":
+        proj = None
+        params = []
+    elif args.method == "full":
         proj = None
         params = list(weights.values())
         for t in params:
@@ -128,11 +132,14 @@ def main(argv=None) -> None:
         targets = (args.lora_targets or DEFAULT_LORA_TARGETS.get(mt, "")).split(",")
         proj, params = lora_proj(config, weights, [t.strip() for t in targets if t.strip()],
                                  args.lora_rank, args.lora_alpha, gen)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay) if params else None
     vocab = config["vocab_size"]
 
     def step() -> float:
         ids = torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen)
+        if opt is None:
+            with torch.no_grad():
+                return ref.causal_lm_loss(ref.forward(weights, config, ids, proj=proj), ids).item()
         logits = ref.forward(weights, config, ids, proj=proj)
         loss = ref.causal_lm_loss(logits, ids)
         opt.zero_grad(set_to_none=True)

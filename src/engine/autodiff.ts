@@ -16,6 +16,7 @@ export function grad(loss: Value, wrt: Value[]): Value[] {
   if (loss.rank !== 0) throw new SparsetuneError('BAD_GRAPH', `grad: loss must be a scalar, got ${loss}`);
   if (loss.dtype !== 'f32' && loss.dtype !== 'f64') throw new SparsetuneError('BAD_GRAPH', `grad: loss must be float, got ${loss}`);
   const g = loss.graph;
+  g.root.differentiated = true;
   const nodes = g.nodes.slice(); // snapshot: grad rules append new nodes
 
   // Values that depend on some `wrt` (forward reachability).

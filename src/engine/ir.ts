@@ -134,6 +134,8 @@ export class Graph {
    * onnxruntime's fused inference kernels (RMSNorm, MatMul with a transposed weight).
    */
   inference = false;
+  /** Set by `grad()`: the graph holds a backward pass (the runtime plans its memory per tensor). */
+  differentiated = false;
 
   /** `parent`: the enclosing graph of a subgraph (a Scan body); names are shared with it. */
   constructor(

@@ -2,7 +2,7 @@
  * Chunked LM head + cross-entropy: mean CE of logits = h W^T against int64 targets,
  * computed chunk by chunk of rows inside one ONNX Scan, so the [tokens x vocab] logits and
  * their gradient never exist whole (a chunk's [rows x vocab] buffers are reused per
- * iteration). The gradient is produced in the same pass: d(loss sum)/d(logits) of a chunk
+ * iteration). The gradient is produced in the same pass: d(mean loss)/d(logits) of a chunk
  * is softmax - onehot, known as soon as its logits are, so the chunk's dh and its dW
  * contribution are computed right there (3 GEMMs, like the unchunked graph, no recompute);
  * the backward pass only scales them by the incoming scalar gradient. Graphs that never
@@ -11,7 +11,7 @@
 import onnxProto from 'onnx-proto';
 import { SparsetuneError } from '../errors.js';
 import { Graph, defineOp, type LowerContext, type Node, type Value } from './ir.js';
-import { cast, div, equal, gatherElements, gemm, logSoftmax, maximum, mul, not, reduceSum, scatterElements, sub, unsqueeze, where, exp, add } from './ops/index.js';
+import { add, cast, equal, exp, gatherElements, gemm, logSoftmax, maximum, mul, not, reciprocal, reduceSum, scatterElements, sub, unsqueeze, where } from './ops/index.js';
 import { onnxElemType, tensorProto } from './onnx.js';
 
 const { onnx } = onnxProto;
@@ -41,10 +41,17 @@ export function chunkedLinearCrossEntropy(h: Value, w: Value, targets: Value, op
   if (typeof V !== 'number') throw new SparsetuneError('SHAPE_MISMATCH', `chunkedLinearCrossEntropy: vocabulary size of ${w} must be static`);
   const ignore = opts.ignoreIndex ?? -100;
   const chunk = opts.chunk ?? defaultChunkRows(V);
-  const [lossSum] = h.graph.add('LinearCrossEntropyScan', [h, w, targets], { _chunk: chunk, _ignore: ignore }, 3);
   const valid = cast(not(equal(targets, ignore)), h.dtype);
-  const count = maximum(reduceSum(valid, [0], false), 1);
-  return div(lossSum, count);
+  const invCount = reciprocal(maximum(reduceSum(valid, [0], false), 1));
+  return h.graph.add('LinearCrossEntropyScan', [h, w, targets, invCount], { _chunk: chunk, _ignore: ignore }, 3)[0];
+}
+
+/** Whether v is the constant 1 that autodiff seeds the loss gradient with. */
+function isSeedOne(v: Value): boolean {
+  const p = v.producer;
+  if (!p || p.op !== 'ConstantOfShape') return false;
+  const t = p.attrs.value as { data: ArrayLike<number> };
+  return t.data.length === 1 && Number(t.data[0]) === 1;
 }
 
 defineOp('LinearCrossEntropyScan', {
@@ -52,24 +59,26 @@ defineOp('LinearCrossEntropyScan', {
     const [h, w, t] = inputs;
     if (h.dtype !== w.dtype) throw new SparsetuneError('DTYPE_MISMATCH', `LinearCrossEntropyScan: h ${h} and w ${w} differ in dtype`);
     if (h.shape[1] !== w.shape[1]) throw new SparsetuneError('SHAPE_MISMATCH', `LinearCrossEntropyScan: h ${h} and w ${w} differ in width`);
+    if (inputs[3].rank !== 0) throw new SparsetuneError('SHAPE_MISMATCH', `LinearCrossEntropyScan: the 1/count input must be a scalar, got ${inputs[3]}`);
     if (h.shape[0] !== t.shape[0]) throw new SparsetuneError('SHAPE_MISMATCH', `LinearCrossEntropyScan: h ${h} and targets ${t} differ in rows`);
     return [
-      { dtype: h.dtype, shape: [] }, // sum of token losses
-      { dtype: h.dtype, shape: [...h.shape] }, // d(sum)/dh
-      { dtype: w.dtype, shape: [...w.shape] }, // d(sum)/dw
+      { dtype: h.dtype, shape: [] }, // mean token loss
+      { dtype: h.dtype, shape: [...h.shape] }, // d(mean)/dh
+      { dtype: w.dtype, shape: [...w.shape] }, // d(mean)/dw
     ];
   },
   grad: ({ node, dOut, needs }) => {
     const g = dOut[0]!;
     const [, dh, dw] = node.outputs;
-    return [needs(0) ? mul(dh, g) : null, needs(1) ? mul(dw, g) : null, null];
+    const scale = (d: Value) => (isSeedOne(g) ? d : mul(d, g)); // the usual case: the loss itself is differentiated
+    return [needs(0) ? scale(dh) : null, needs(1) ? scale(dw) : null, null, null];
   },
   lower: lowerScan,
 });
 
-/** The Scan body for one chunk: loss sum, and (when wanted) dh rows and the dW accumulation. */
+/** The Scan body for one chunk: the mean loss, and (when wanted) dh rows and the dW accumulation. */
 function body(node: Node, withDh: boolean, withDw: boolean): Graph {
-  const [h, w] = node.inputs;
+  const [h, w, , invCount] = node.inputs;
   const dt = h.dtype;
   const E = h.shape[1];
   const ignore = node.attrs._ignore as number;
@@ -79,18 +88,19 @@ function body(node: Node, withDh: boolean, withDw: boolean): Graph {
   const hc = b.input(`ce${node.id}_h`, dt, ['chunk', E]);
   const tc = b.input(`ce${node.id}_t`, 'i64', ['chunk']);
   const wo = b.outer(w);
+  const inv = b.outer(invCount);
   const logits = gemm(hc, wo, { transB: true }); // [chunk, V]
   const lsm = logSoftmax(logits, -1);
   const valid = not(equal(tc, ignore));
   const idx = unsqueeze(where(valid, tc, 0), [-1]);
-  const validF = unsqueeze(cast(valid, dt), [-1]); // [chunk, 1]
+  const rowW = mul(unsqueeze(cast(valid, dt), [-1]), inv); // [chunk, 1]: 1/count, 0 for ignored targets
   const picked = gatherElements(lsm, idx, -1); // [chunk, 1]
-  b.output(`ce${node.id}_acc_loss_out`, sub(accLoss, reduceSum(mul(picked, validF), [0, 1], false)));
+  b.output(`ce${node.id}_acc_loss_out`, sub(accLoss, reduceSum(mul(picked, rowW), [0, 1], false)));
   if (withDh || withDw) {
-    // softmax - onehot, rows of ignored targets zeroed
-    const p = mul(exp(lsm), validF);
+    // (softmax - onehot) / count, rows of ignored targets zeroed
+    const p = mul(exp(lsm), rowW);
     const atTarget = gatherElements(p, idx, -1);
-    const dl = scatterElements(p, idx, sub(atTarget, validF), -1);
+    const dl = scatterElements(p, idx, sub(atTarget, rowW), -1);
     if (accDw) b.output(`ce${node.id}_acc_dw_out`, add(accDw, gemm(dl, hc, { transA: true })));
     if (withDh) b.output(`ce${node.id}_dh`, gemm(dl, wo));
   }

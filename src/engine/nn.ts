@@ -1,6 +1,7 @@
 /**
  * Composite layers built from primitive ops; their gradients come from the primitives'
- * rules and each has its own finite-difference check in the tests.
+ * rules. RMSNorm and SwiGLU are single fused nodes with hand-written gradients
+ * (`fused.ts`). Each layer has its own finite-difference check in the tests.
  */
 import { SparsetuneError } from '../errors.js';
 import type { Dim, Value } from './ir.js';
@@ -8,8 +9,10 @@ import { mulDims } from './shapes.js';
 import {
   add, cast, concat, div, equal, erf, exp, gatherElements, gemm, logSoftmax, matmul, maximum, mul, neg, not,
   reduceMean, reduceSum, reshape, sigmoid, softmax, split, sqrt, squeeze, sub, tanh, transposeLast2, unsqueeze, where, scalar,
-  matmulTransB, simplifiedLayerNorm,
+  matmulTransB,
 } from './ops/index.js';
+import { rmsNormFused } from './fused.js';
+export { swiglu } from './fused.js';
 
 /** y = x W^T (+ b) for x [..., in], W [out, in] (HF layout), read in place via Gemm transB. */
 export function linear(x: Value, w: Value, b?: Value): Value {
@@ -29,7 +32,11 @@ export function linear(x: Value, w: Value, b?: Value): Value {
 
 /** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * w. */
 export function rmsNorm(x: Value, w: Value, eps: number): Value {
-  if (x.graph.inference && x.dtype === 'f32') return simplifiedLayerNorm(x, w, eps);
+  return rmsNormFused(x, w, eps);
+}
+
+/** RMSNorm from primitive ops (the reference form the fused one is checked against). */
+export function rmsNormPrimitive(x: Value, w: Value, eps: number): Value {
   const ms = reduceMean(mul(x, x), [-1], true);
   return mul(div(x, sqrt(add(ms, eps))), w);
 }

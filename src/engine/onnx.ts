@@ -65,6 +65,20 @@ function graphProto(g: Graph): onnxProto.onnx.IGraphProto {
   const nodes: onnxProto.onnx.INodeProto[] = [];
   const initializers: onnxProto.onnx.ITensorProto[] = g.constants.filter((c) => live.has(c.value.id)).map((c) => tensorProto(c.value.name, c.tensor));
   const prefix = g.parent ? `${g.name}/` : '';
+  // An output computed by an ordinary node takes the output's name directly (no Identity copy),
+  // so onnxruntime writes it straight into a caller-bound buffer. Values that are outputs
+  // twice, feed a lowered node (it may read them by name from a subgraph) or are not node
+  // results keep the Identity route.
+  const rename = new Map<number, string>();
+  const outCount = new Map<number, number>();
+  for (const o of g.outputs) outCount.set(o.value.id, (outCount.get(o.value.id) ?? 0) + 1);
+  const readByLowered = new Set<number>();
+  for (const n of g.nodes) if (opDef(n.op).lower) for (const v of n.inputs) readByLowered.add(v.id);
+  for (const o of g.outputs) {
+    const v = o.value;
+    if (v.kind === 'node' && v.producer && !opDef(v.producer.op).lower && outCount.get(v.id) === 1 && !readByLowered.has(v.id)) rename.set(v.id, o.name);
+  }
+  const nameOf = (v: Value) => rename.get(v.id) ?? v.name;
   for (const n of g.nodes) {
     if (!n.outputs.some((o) => live.has(o.id))) continue;
     const def = opDef(n.op);
@@ -75,16 +89,16 @@ function graphProto(g: Graph): onnxProto.onnx.IGraphProto {
       continue;
     }
     const opType = def.onnxOp ?? n.op;
-    const inputs = (n.op === 'StraightThrough' ? n.inputs.slice(0, 1) : n.inputs).map((v) => v.name);
+    const inputs = (n.op === 'StraightThrough' ? n.inputs.slice(0, 1) : n.inputs).map(nameOf);
     const attribute_ = Object.entries(n.attrs)
       .filter(([k]) => !k.startsWith('_'))
       .map(([k, a]) => attribute(k, a, n.op));
-    nodes.push({ opType, domain: def.domain ?? '', input: inputs, output: n.outputs.map((o) => o.name), attribute: attribute_, name: `${prefix}n${n.id}` });
+    nodes.push({ opType, domain: def.domain ?? '', input: inputs, output: n.outputs.map(nameOf), attribute: attribute_, name: `${prefix}n${n.id}` });
   }
   // Graph outputs may alias inputs or each other: route through Identity with the output name.
   const outputs: onnxProto.onnx.IValueInfoProto[] = [];
   for (const o of g.outputs) {
-    nodes.push({ opType: 'Identity', input: [o.value.name], output: [o.name], name: `${prefix}out_${o.name}` });
+    if (!rename.has(o.value.id)) nodes.push({ opType: 'Identity', input: [o.value.name], output: [o.name], name: `${prefix}out_${o.name}` });
     outputs.push(valueInfo(o.value, o.name, !!g.parent));
   }
   return {

@@ -1,5 +1,5 @@
 /** The Llama family (Llama, Mistral, Qwen2, SmolLM): RMSNorm, RoPE, GQA, SwiGLU. */
-import { attention, rmsNorm, rotary, silu } from '../engine/nn.js';
+import { attention, rmsNorm, rotary, swiglu } from '../engine/nn.js';
 import { add, cast, concat, constTensor, cos, gather, mul, reshape, sin, transpose, unsqueeze } from '../engine/ops/index.js';
 import type { Value } from '../engine/ir.js';
 import type { LlamaConfig } from '../io/config.js';
@@ -105,7 +105,7 @@ function forward(ctx: BuildContext, cfg: LlamaConfig, inp: ForwardInputs): Forwa
     if (hooks.residual) o = hooks.residual('attn', l, o, g);
     h = add(h, o);
     const x2 = rmsNorm(h, ctx.param(`${p}.post_attention_layernorm.weight`), cfg.rmsNormEps);
-    const act = mul(silu(ctx.site(siteOf(`${p}.mlp.gate_proj`), x2)), ctx.site(siteOf(`${p}.mlp.up_proj`), x2));
+    const act = swiglu(ctx.site(siteOf(`${p}.mlp.gate_proj`), x2), ctx.site(siteOf(`${p}.mlp.up_proj`), x2));
     let m = ctx.site(siteOf(`${p}.mlp.down_proj`), act);
     if (hooks.mlp) m = hooks.mlp(l, h, m, g);
     if (hooks.residual) m = hooks.residual('mlp', l, m, g);

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import * as nn from '../../src/engine/nn.js';
 import * as op from '../../src/engine/ops/index.js';
 import { Graph } from '../../src/engine/ir.js';
-import { gradCheck, runtime } from './gradcheck.js';
+import { grad } from '../../src/engine/autodiff.js';
+import { gradCheck, randTensor, rng, runtime } from './gradcheck.js';
 import type { HostTensor } from '../../src/tensor.js';
 
 const i64 = (shape: number[], vals: number[]): HostTensor => ({ dtype: 'i64', shape, data: BigInt64Array.from(vals.map(BigInt)) });
@@ -25,6 +26,79 @@ describe('gradients of composite layers (f64, finite differences)', () => {
       ],
       build: ([x, w]) => nn.rmsNorm(x, w, 1e-5),
     }));
+  it('SwiGLU (fused silu(gate) * up)', () =>
+    gradCheck({
+      inputs: [
+        { name: 'g', shape: ['b', 5], feed: [3, 5], lo: -3, hi: 3 },
+        { name: 'u', shape: ['b', 5], feed: [3, 5] },
+      ],
+      build: ([g, u]) => nn.swiglu(g, u),
+    }));
+  it('RMSNorm with a frozen weight (gradient of x only, as under LoRA) and with a frozen input (weight only)', async () => {
+    const r = rng(11);
+    const w = randTensor('f64', [6], r, 0.5, 1.5);
+    await gradCheck({
+      inputs: [{ name: 'x', shape: ['b', 6], feed: [4, 6], lo: -2, hi: 2 }],
+      extra: [{ name: 'w', dtype: 'f64', shape: [6], tensor: w }],
+      build: ([x], [wv]) => nn.rmsNorm(x, wv, 1e-5),
+    });
+    await gradCheck({
+      inputs: [{ name: 'w', shape: [6], feed: [6] }],
+      extra: [{ name: 'x', dtype: 'f64', shape: ['b', 2, 6], tensor: randTensor('f64', [3, 2, 6], r, -2, 2) }],
+      build: ([wv], [x]) => nn.rmsNorm(x, wv, 1e-5),
+    });
+  });
+  it('SwiGLU with one side frozen (gate only, up only)', async () => {
+    const r = rng(12);
+    await gradCheck({
+      inputs: [{ name: 'g', shape: [2, 'n'], feed: [2, 7], lo: -4, hi: 4 }],
+      extra: [{ name: 'u', dtype: 'f64', shape: [2, 'n'], tensor: randTensor('f64', [2, 7], r) }],
+      build: ([g], [u]) => nn.swiglu(g, u),
+    });
+    await gradCheck({
+      inputs: [{ name: 'u', shape: [2, 'n'], feed: [2, 7] }],
+      extra: [{ name: 'g', dtype: 'f64', shape: [2, 'n'], tensor: randTensor('f64', [2, 7], r, -4, 4) }],
+      build: ([u], [g]) => nn.swiglu(g, u),
+    });
+  });
+  it('a Llama MLP block built from the fused ops (RMSNorm, gate/up/down, SwiGLU, residual)', () =>
+    gradCheck({
+      inputs: [
+        { name: 'x', shape: ['b', 'seq', 6], feed: [2, 3, 6], lo: -2, hi: 2 },
+        { name: 'nw', shape: [6], feed: [6], lo: 0.5, hi: 1.5 },
+        { name: 'wg', shape: [8, 6], feed: [8, 6] },
+        { name: 'wu', shape: [8, 6], feed: [8, 6] },
+        { name: 'wd', shape: [6, 8], feed: [6, 8] },
+      ],
+      build: ([x, nw, wg, wu, wd]) => {
+        const h = nn.rmsNorm(x, nw, 1e-5);
+        return op.add(x, nn.linear(nn.swiglu(nn.linear(h, wg), nn.linear(h, wu)), wd));
+      },
+    }));
+  it('fused RMSNorm and SwiGLU in f32 (onnxruntime kernels) equal their primitive forms, values and gradients', async () => {
+    const g = new Graph('fused');
+    const x = g.input('x', 'f32', [4, 8]);
+    const w = g.input('w', 'f32', [8]);
+    const u = g.input('u', 'f32', [4, 8]);
+    const fused = nn.swiglu(nn.rmsNorm(x, w, 1e-5), u);
+    const plain = op.mul(nn.silu(nn.rmsNormPrimitive(x, w, 1e-5)), u);
+    const wrt = [x, w, u];
+    const r = op.sumAll(op.mul(fused, op.cos(fused)));
+    const rp = op.sumAll(op.mul(plain, op.cos(plain)));
+    g.output('y', fused);
+    g.output('yp', plain);
+    grad(r, wrt).forEach((v, k) => g.output(`g${k}`, v));
+    grad(rp, wrt).forEach((v, k) => g.output(`gp${k}`, v));
+    const feeds: Record<string, HostTensor> = {
+      x: { dtype: 'f32', shape: [4, 8], data: Float32Array.from({ length: 32 }, (_, i) => Math.sin(i) * 2) },
+      w: { dtype: 'f32', shape: [8], data: Float32Array.from({ length: 8 }, (_, i) => 0.5 + i / 8) },
+      u: { dtype: 'f32', shape: [4, 8], data: Float32Array.from({ length: 32 }, (_, i) => Math.cos(i * 0.7)) },
+    };
+    const out = await (await runtime.compile(g)).run(feeds);
+    const close = (a: HostTensor, b: HostTensor) => (a.data as Float32Array).forEach((v, i) => expect(Math.abs(v - (b.data as Float32Array)[i])).toBeLessThan(1e-5));
+    close(out.y, out.yp);
+    for (const k of [0, 1, 2]) close(out[`g${k}`], out[`gp${k}`]);
+  });
   it('LayerNorm', () =>
     gradCheck({
       inputs: [
