@@ -25,9 +25,8 @@ import { bundledModelPath } from '../src/io/model-dir.js';
 import { CausalLM } from '../src/models/causal-lm.js';
 import { LLAMA_30M, randomModel } from '../src/models/random.js';
 import { Trainer } from '../src/train/trainer.js';
-import { ANSI_C_LCG, lcg32Uint32 } from '../src/util/random.js';
 import { table, writeResults } from './util.js';
-import { comparePerToken, prunedModel, type PairedPerToken } from './per-token.js';
+import { comparePerToken, fixedMaskPat, prunedModel, type PairedPerToken } from './per-token.js';
 import { compare, compareTable, ISSUE_WORKS, torchAvailable, type CompareRow } from './vs-torch.js';
 
 const root = join(import.meta.dirname, '..');
@@ -154,15 +153,7 @@ async function patExport(): Promise<({ model: string; how: string } & PairedPerT
 
   // ~30M: PAT's export with a fixed 75% channel mask (no training: per-token cost depends only on shapes).
   const big = randomModel(LLAMA_30M, { runtime });
-  const patBig = new PatMethod(big, { keepRatio: 0.75, hsmRank: 8, r: 4 });
-  const next = lcg32Uint32(12345, ANSI_C_LCG);
-  const order = Array.from({ length: patBig.hidden }, (_, i) => i);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = next() % (i + 1);
-    [order[i], order[j]] = [order[j], order[i]];
-  }
-  patBig.mask.data.fill(-1);
-  for (const ch of order.slice(0, patBig.dKeep)) patBig.mask.data[ch] = 1;
+  const patBig = fixedMaskPat(big);
   const pBig = prunedModel(big, patBig, runtime);
   out.push({ model: MODELS.llama30m.label, how: `PAT export, fixed mask ${patBig.dKeep}/${patBig.hidden} channels (untrained)`, ...(await comparePerToken(big, pBig, 128, 16, 5)) });
   return out;

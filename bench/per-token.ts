@@ -4,11 +4,12 @@
  * models measured in alternating rounds after a warm-up each (so drift in machine load hits
  * both alike), medians over rounds.
  */
-import type { PatMethod } from '../src/adapters/pat.js';
+import { PatMethod } from '../src/adapters/pat.js';
 import type { Runtime } from '../src/engine/runtime.js';
 import { parseModelConfig } from '../src/io/config.js';
 import { exportPrunedModel } from '../src/merge/prune-export.js';
 import { CausalLM } from '../src/models/causal-lm.js';
+import { ANSI_C_LCG, lcg32Uint32 } from '../src/util/random.js';
 
 export interface PerToken {
   params: number;
@@ -72,3 +73,20 @@ export function prunedModel(base: CausalLM, pat: PatMethod, runtime: Runtime): C
   return new CausalLM(parseModelConfig(configJson, 'pruned export'), weights, base.tokenizer, base.generation, 'pat-pruned', runtime);
 }
 
+
+/**
+ * PAT on `model` with a fixed, seeded mask keeping 75% of the hidden channels and nothing
+ * trained: its export has the pruned shapes, which is all per-token speed depends on.
+ */
+export function fixedMaskPat(model: CausalLM): PatMethod {
+  const pat = new PatMethod(model, { keepRatio: 0.75, hsmRank: 8, r: 4 });
+  const next = lcg32Uint32(12345, ANSI_C_LCG);
+  const order = Array.from({ length: pat.hidden }, (_, i) => i);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = next() % (i + 1);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  pat.mask.data.fill(-1);
+  for (const ch of order.slice(0, pat.dKeep)) pat.mask.data[ch] = 1;
+  return pat;
+}

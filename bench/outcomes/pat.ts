@@ -19,9 +19,8 @@ import { evaluateLoss } from '../../src/train/evaluation.js';
 import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { modelCost } from '../../src/models/cost.js';
 import { LLAMA_30M, randomModel } from '../../src/models/random.js';
-import { ANSI_C_LCG, lcg32Uint32 } from '../../src/util/random.js';
 import { paramFeeds } from '../../src/train/param-feeds.js';
-import { comparePerToken, prunedModel, type PairedPerToken } from '../per-token.js';
+import { comparePerToken, fixedMaskPat, prunedModel, type PairedPerToken } from '../per-token.js';
 import { table, writeResults } from '../util.js';
 import { CHECKPOINTS, QUICK, SEEDS, clearlyLower, fmt, gridThenSeeds, loadCheckpoint, meanStd, readLines, since, splitLines, trainAndEval } from './_harness.js';
 
@@ -105,15 +104,7 @@ for (const name of CHECKPOINTS) {
 
 // The ~30M random Llama: speed only (per-token cost depends only on the pruned shapes).
 const big = randomModel(LLAMA_30M, { runtime });
-const patBig = new PatMethod(big, { keepRatio: 0.75, hsmRank: 8, r: 4 });
-const next = lcg32Uint32(12345, ANSI_C_LCG);
-const order = Array.from({ length: patBig.hidden }, (_, i) => i);
-for (let i = order.length - 1; i > 0; i--) {
-  const j = next() % (i + 1);
-  [order[i], order[j]] = [order[j], order[i]];
-}
-patBig.mask.data.fill(-1);
-for (const ch of order.slice(0, patBig.dKeep)) patBig.mask.data[ch] = 1;
+const patBig = fixedMaskPat(big);
 const pBig = prunedModel(big, patBig, runtime);
 const bigMacs = modelCost(pBig, 128).macsPerToken / modelCost(big, 128).macsPerToken;
 const bigPer = await comparePerToken(big, pBig, 128, 16, QUICK ? 2 : 5);

@@ -290,7 +290,7 @@ export const recipe: MethodRecipe = {
 };
 
 export const configSchema = gsLoraConfigSchema;
-export const summary = 'GS-LoRA: block-sparse LoRA on FFN linears via a group lasso with exact prox steps (optional bounded forgetting)';
+export const summary = 'GS-LoRA: block-sparse LoRA on FFN linears via a group lasso (in the loss through AdamW, or exact prox steps), exact zeros after the threshold (optional bounded forgetting)';
 /** Registry entry: a GS-LoRA method for `model` (forget sets go through `setForgetSource`). */
 export function createMethod(model: CausalLM, config: unknown): GsLoraMethod {
   return new GsLoraMethod(model, config as never);
