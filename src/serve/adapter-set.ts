@@ -69,10 +69,30 @@ export class SetMember implements SwapMember {
     return a;
   }
 
+  /** @internal The scaled copies of `raw`, by scale. */
+  static copiesOf(raw: Adapter): ReadonlyMap<number, Adapter> | undefined {
+    return SetMember.scaled.get(raw);
+  }
+
+  /** @internal */
+  static dropCopies(raw: Adapter): void {
+    SetMember.scaled.delete(raw);
+  }
+
   /** "id" or "id@scale". */
   get label(): string {
     return this.scale === 1 ? this.id : `${this.id}@${this.scale}`;
   }
+}
+
+/** The scaled copies made so far of payload `raw` (one per scale other than 1 that requests asked for). */
+export function scaledCopies(raw: Adapter): Adapter[] {
+  return [...(SetMember.copiesOf(raw)?.values() ?? [])];
+}
+
+/** Forget the scaled copies of `raw` (its adapter is being evicted; they are made again on demand). */
+export function dropScaledCopies(raw: Adapter): void {
+  SetMember.dropCopies(raw);
 }
 
 /** An adapter set: members sorted by id (ids are unique within a set). */

@@ -21,8 +21,9 @@ Options:
   --max-queue N            sequences allowed to wait before requests get 429 (default 64)
   --max-tokens N           largest max_tokens a request may ask for (default 256)
   --max-batch N            sequences decoded together in one batch (default 32)
-  --memory-budget-mb N     memory for resident adapters; least recently used are evicted (default 1024)
-  --unfused-budget-mb N    memory for unfused adapter tables not in use; LRU evicted (default 1024)
+  --memory-budget-mb N     memory for resident adapters: payloads, prepared swaps and unfused
+                           tables; least recently used are evicted, read back on demand (default 1024)
+  --unfused-budget-mb N    most memory for unfused tables (default: the memory budget)
   --max-unfused-density X  run a set unfused while its per-token work is at most this
                            fraction of the model's dense work, else fuse it (default 0.25)
   --fused-only             never run adapters unfused: one adapter set at a time, swapped in
@@ -38,7 +39,7 @@ const flagsSchema = z.object({
   'max-tokens': z.coerce.number().int().positive().default(256),
   'max-batch': z.coerce.number().int().positive().max(256).default(32),
   'memory-budget-mb': z.coerce.number().positive().default(1024),
-  'unfused-budget-mb': z.coerce.number().positive().default(1024),
+  'unfused-budget-mb': z.coerce.number().positive().optional(),
   'max-unfused-density': z.coerce.number().min(0).max(100).default(0.25),
   'fused-only': z.boolean().default(false),
 });

@@ -64,7 +64,10 @@ export interface GaugeSource {
   queueDepth(): number;
   activeSequences(): number;
   adaptersLoaded(): number;
+  /** Bytes held for resident adapters: payloads plus prepared swap forms, unfused tables, scaled copies. */
   adapterResidentBytes(): number;
+  /** Bytes of resident adapter payloads alone. */
+  adapterPayloadBytes?(): number;
   /** Bytes of unfused adapter tables held in memory. */
   unfusedTableBytes?(): number;
 }
@@ -103,7 +106,8 @@ export class ServerMetrics {
         gauge('sparsetune_queue_depth', 'Sequences waiting for a batch slot.', this.gauges.queueDepth()),
         gauge('sparsetune_active_sequences', 'Sequences being decoded.', this.gauges.activeSequences()),
         gauge('sparsetune_adapters_loaded', 'Registered adapters.', this.gauges.adaptersLoaded()),
-        gauge('sparsetune_adapter_resident_bytes', 'Bytes of adapter payloads held in memory.', this.gauges.adapterResidentBytes()),
+        gauge('sparsetune_adapter_resident_bytes', 'Bytes held in memory for resident adapters (payloads, prepared swap forms, unfused tables, scaled copies), as the memory budget counts them.', this.gauges.adapterResidentBytes()),
+        gauge('sparsetune_adapter_payload_bytes', 'Bytes of adapter payloads held in memory.', this.gauges.adapterPayloadBytes?.() ?? 0),
         gauge('sparsetune_unfused_table_bytes', 'Bytes of unfused adapter tables held in memory.', this.gauges.unfusedTableBytes?.() ?? 0),
       ].join('\n') + '\n'
     );

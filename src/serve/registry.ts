@@ -2,8 +2,10 @@
  * The adapter registry: which adapters the server knows (id = directory name; sparsetune or
  * Hugging Face PEFT LoRA directories), which of
  * them are resident in memory, and who is using them. Adapters are validated against the
- * base (parameter names, shapes, fingerprint) when loaded. Resident payloads are kept under
- * a memory budget by evicting the least recently used adapters that no request holds; an
+ * base (parameter names, shapes, fingerprint) when loaded. One memory budget covers
+ * everything the server keeps per adapter: its payload plus what holders derived from it
+ * (the swapper's prepared forms, the unfused tables, scaled copies). Past the budget the
+ * least recently used adapters that no request and no holder is using are evicted; an
  * evicted adapter stays registered and is read from disk again when a request asks for it.
  */
 import { createHash } from 'node:crypto';
@@ -28,9 +30,29 @@ export interface RegistryOptions {
   shapes: Map<string, number[]>;
   /** Fingerprint of the pristine base weights. */
   fingerprint: string;
-  /** Resident payload budget in bytes (least recently used unused adapters are evicted past it). */
+  /**
+   * Memory budget in bytes for resident adapters: payloads plus what holders keep for them
+   * (least recently used unused adapters are evicted past it).
+   */
   memoryBudgetBytes: number;
   log?: (message: string) => void;
+}
+
+/**
+ * Something that keeps memory derived from resident adapters (prepared swap forms, unfused
+ * tables, scaled copies). The registry counts its bytes in the memory budget, lets it act
+ * when an adapter becomes resident, never evicts an adapter it is using, and tells it to
+ * free what it keeps for an adapter that is evicted or unloaded.
+ */
+export interface AdapterHolder {
+  /** Bytes kept for `entry` now. */
+  bytes(entry: AdapterEntry): number;
+  /** True while `entry` must stay resident for this holder. */
+  busy?(entry: AdapterEntry): boolean;
+  /** `entry` was just loaded or read back from disk (its payload is resident). */
+  resident?(entry: AdapterEntry): void;
+  /** Free what is kept for `entry` (called before its payload is dropped). */
+  drop(entry: AdapterEntry): void;
 }
 
 /** One registered adapter. */
@@ -90,6 +112,7 @@ export class AdapterRegistry {
   /** Ids whose adapter was refused as unservable (pruned, unfused-only), with the reason. */
   private readonly refused = new Map<string, string>();
   private readonly log: (message: string) => void;
+  private readonly holders: AdapterHolder[] = [];
 
   private constructor(private readonly opts: RegistryOptions) {
     this.log = opts.log ?? (() => {});
@@ -138,10 +161,39 @@ export class AdapterRegistry {
     return this.refused.get(id);
   }
 
-  /** Bytes of all resident payloads. */
-  get residentBytes(): number {
+  /**
+   * Count `holder`'s memory in the budget from now on; it is told about adapters already
+   * resident (`resident`) and about every later load and reload.
+   */
+  addHolder(holder: AdapterHolder): void {
+    this.holders.push(holder);
+    // Most recently used first, checking the budget after each, so what a holder adds evicts
+    // the oldest adapters before they are worked on.
+    for (const e of [...this.entries.values()].sort((a, b) => b.lastUsed - a.lastUsed)) {
+      if (!e.resident) continue;
+      this.notifyResident(e, [holder]);
+      this.enforceBudget(e);
+    }
+  }
+
+  /** Bytes of all resident payloads (what was read from disk). */
+  get payloadBytes(): number {
     let n = 0;
     for (const e of this.entries.values()) if (e.resident) n += e.bytes;
+    return n;
+  }
+
+  /** Bytes of resident adapters as the budget counts them: payloads plus what holders keep. */
+  get residentBytes(): number {
+    let n = 0;
+    for (const e of this.entries.values()) n += this.bytesOf(e);
+    return n;
+  }
+
+  /** Bytes the budget counts for one adapter. */
+  bytesOf(e: AdapterEntry): number {
+    let n = e.resident ? e.bytes : 0;
+    for (const h of this.holders) n += h.bytes(e);
     return n;
   }
 
@@ -171,6 +223,7 @@ export class AdapterRegistry {
       this.refused.delete(id);
       const entry = new AdapterEntry(id, dir, adapter.meta, adapterBytes(adapter), jsonHash, adapter);
       this.entries.set(id, entry);
+      this.becameResident(entry);
       this.enforceBudget(entry);
       return entry;
     } finally {
@@ -184,7 +237,7 @@ export class AdapterRegistry {
     if (!entry) throw new SparsetuneError('NOT_FOUND', `adapter "${id}" is not loaded (GET /v1/adapters lists the loaded ones)`);
     this.entries.delete(id);
     entry.unloaded = true;
-    if (entry.pins === 0) entry.adapter = null;
+    if (entry.pins === 0) this.dropPayload(entry);
     return entry;
   }
 
@@ -217,7 +270,7 @@ export class AdapterRegistry {
     for (const e of entries) {
       e.pins--;
       e.touch();
-      if (e.pins === 0 && e.unloaded) e.adapter = null;
+      if (e.pins === 0 && e.unloaded) this.dropPayload(e);
     }
     this.enforceBudget();
   }
@@ -233,6 +286,7 @@ export class AdapterRegistry {
             }
             e.adapter = adapter;
             this.log(`reloaded adapter ${e.id} from disk`);
+            this.becameResident(e);
           } finally {
             e.reloading = null;
           }
@@ -281,16 +335,43 @@ export class AdapterRegistry {
     return real;
   }
 
-  /** Evict least recently used, unpinned payloads until the resident bytes fit the budget. */
-  private enforceBudget(keep?: AdapterEntry): void {
+  private becameResident(e: AdapterEntry): void {
+    this.notifyResident(e, this.holders);
+  }
+
+  private notifyResident(e: AdapterEntry, holders: readonly AdapterHolder[]): void {
+    for (const h of holders) {
+      try {
+        h.resident?.(e);
+      } catch (err) {
+        // A holder's extra work (e.g. preparing fast swaps) is an optimisation: serving goes on without it.
+        this.log(`adapter ${e.id}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  /** Drop a payload and everything holders keep for it. */
+  private dropPayload(e: AdapterEntry): void {
+    for (const h of this.holders) h.drop(e);
+    e.adapter = null;
+  }
+
+  /**
+   * Re-check the budget (holders call this after their memory grew). Evicts least recently
+   * used adapters that no request pins and no holder is using until everything fits.
+   */
+  enforceBudget(keep?: AdapterEntry): void {
     let over = this.residentBytes - this.opts.memoryBudgetBytes;
     if (over <= 0) return;
-    const victims = [...this.entries.values()].filter((e) => e.resident && e.pins === 0 && e !== keep).sort((a, b) => a.lastUsed - b.lastUsed);
+    const victims = [...this.entries.values()]
+      .filter((e) => e.resident && e.pins === 0 && e !== keep && !this.holders.some((h) => h.busy?.(e)))
+      .sort((a, b) => a.lastUsed - b.lastUsed);
     for (const v of victims) {
       if (over <= 0) break;
-      v.adapter = null;
-      over -= v.bytes;
-      this.log(`evicted adapter ${v.id} from memory (${v.bytes} bytes; budget ${this.opts.memoryBudgetBytes})`);
+      const bytes = this.bytesOf(v);
+      this.dropPayload(v);
+      over -= bytes - this.bytesOf(v);
+      this.log(`evicted adapter ${v.id} from memory (${bytes} bytes; budget ${this.opts.memoryBudgetBytes})`);
     }
   }
 }

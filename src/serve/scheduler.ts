@@ -65,6 +65,10 @@ export class Scheduler {
   private fusedNow: ServeSet = BASE;
   /** Sets whose sequences ended; their table references are dropped between model runs. */
   private toRelease: ServeSet[] = [];
+  /** Sets the cost rule wants fused once prepared; prepared between model runs. */
+  private toPrepare: ServeSet[] = [];
+  /** Keys of wanted sets whose preparation failed (not tried again). */
+  private readonly unpreparable = new Set<string>();
 
   /** Runs of the plain decode graph (fused lanes, and the mixed lane when no row has unfused work). */
   private readonly dense: DenseDecoder | null;
@@ -173,6 +177,11 @@ export class Scheduler {
     });
   }
 
+  /** Prepare `set`'s members for fast swaps (once each; swapper.ts). */
+  private prepare(set: ServeSet): void {
+    for (const m of set.members) this.swapper.prepare(m);
+  }
+
   private releaseEnded(): void {
     for (const s of this.toRelease.splice(0)) this.unfused?.store.release(s);
   }
@@ -209,6 +218,8 @@ export class Scheduler {
       const g = this.pickLane();
       if (!g) return;
       try {
+        // A fused lane's set is prepared before its first swap, outside the weight gate.
+        if (g.set) this.prepare(g.set);
         await this.admit(g);
         await this.decode(g);
       } catch (err) {
@@ -219,6 +230,25 @@ export class Scheduler {
       }
       g.waiting = g.waiting.filter((s) => !s.done);
       if (g.waiting.length === 0 && g.batch.size === 0) this.lanes.delete(g.key);
+      this.prepareWanted();
+    }
+  }
+
+  /**
+   * Prepare the sets the cost rule wanted fused (between runs, outside the gate). A set whose
+   * adapter went meanwhile (its rows ended and it was evicted) is skipped: the rule asks again
+   * if rows still want it.
+   */
+  private prepareWanted(): void {
+    for (const set of this.toPrepare.splice(0)) {
+      if (this.unpreparable.has(set.key)) continue;
+      try {
+        this.prepare(set);
+      } catch {
+        // Its adapter went meanwhile, or cannot be prepared: the rule keeps the set unfused.
+        if (this.unpreparable.size >= 1024) this.unpreparable.clear();
+        this.unpreparable.add(set.key);
+      }
     }
   }
 
@@ -248,7 +278,8 @@ export class Scheduler {
     return {
       slots: (run, rows) => {
         const runRows = rows.map((s) => ({ set: this.setOf.get(s)!, tokens: run.seq, remaining: Math.max(1, s.spec.maxTokens - s.generated.length) }));
-        const choice = policy.choose(runRows, this.fusedNow, BASE);
+        const choice = policy.choose(runRows, this.fusedNow, BASE, (set) => set.members.every((m) => this.swapper.isPrepared(m)));
+        if (choice.wanted) this.toPrepare.push(choice.wanted);
         if (choice.fused.key !== this.fusedNow.key) this.metrics.fusedSetChanges.inc();
         return fusedRun(choice.fused, async () => {
           const plans = runRows.map((r) => store.plan(r.set, choice.fused));

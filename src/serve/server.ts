@@ -9,7 +9,8 @@ import { fingerprintWeights } from '../merge/fingerprint.js';
 import { WeightGate } from './gate.js';
 import { buildApp } from './http.js';
 import { ServerMetrics } from './metrics.js';
-import { AdapterRegistry } from './registry.js';
+import { dropScaledCopies, scaledCopies } from './adapter-set.js';
+import { adapterBytes, AdapterRegistry, type AdapterEntry } from './registry.js';
 import { Scheduler } from './scheduler.js';
 import { ServeService } from './service.js';
 import { Swapper } from './swapper.js';
@@ -36,14 +37,22 @@ export interface ServerOptions {
   maxActive?: number;
   /** Most consecutive model runs for one adapter set while another waits (default 8). */
   maxConsecutiveSteps?: number;
-  /** Memory for resident adapter payloads, in MiB (default 1024). */
+  /**
+   * Memory for resident adapters, in MiB (default 1024): their payloads and what the server
+   * derives from them (prepared swap forms, unfused tables, scaled copies). Past it the least
+   * recently used adapters no request is using are evicted and read back from disk on demand.
+   */
   memoryBudgetMb?: number;
   /**
    * Run adapter sets unfused, side by side in one batch (default true). Off: every set is
    * fused into the weights for its own batches, one set at a time.
    */
   unfused?: boolean;
-  /** Memory for unfused adapter tables of adapters no running request uses, in MiB (default 1024). */
+  /**
+   * Most memory for unfused tables, in MiB (default: the memory budget). The tables live in
+   * one WebAssembly memory that never shrinks, so this caps its size; they are counted in
+   * the memory budget too.
+   */
   unfusedBudgetMb?: number;
   /**
    * A set runs unfused while its kernel work per token is at most this fraction of the
@@ -69,22 +78,64 @@ export interface SparsetuneServer {
   close(): Promise<void>;
 }
 
+/**
+ * Count what the server derives from each adapter in the registry's budget, and prepare
+ * adapters for fast swaps when they are loaded if they will be swapped: every adapter of a
+ * fused-only server, and those that must be fused (dense masks...) in a mixed one. Other
+ * adapters run unfused; the cost rule prepares them only when it wants to fuse them (a
+ * prepared low-rank pair holds its dense B·A, far more than its payload).
+ */
+function holdAdapterMemory(registry: AdapterRegistry, swapper: Swapper, store: UnfusedStore | null): void {
+  const payloads = (e: AdapterEntry) => (e.adapter ? [e.adapter, ...scaledCopies(e.adapter)] : []);
+  registry.addHolder({
+    bytes: (e) => {
+      if (!e.adapter) return 0;
+      let n = swapper.preparedBytes(payloads(e));
+      for (const c of scaledCopies(e.adapter)) n += adapterBytes(c);
+      return n;
+    },
+    resident: (e) => {
+      if (!store || store.mustFuseAlone(e.payload())) swapper.prepare(e);
+    },
+    drop: (e) => {
+      if (!e.adapter) return;
+      swapper.forget(payloads(e));
+      dropScaledCopies(e.adapter);
+    },
+  });
+  if (store) registry.addHolder({ bytes: (e) => store.tableBytesOf(e.uid), busy: (e) => store.inUse(e.uid), drop: (e) => store.drop(e.uid) });
+}
+
 /** Build a server (not listening yet). */
 export async function createServer(opts: ServerOptions): Promise<SparsetuneServer> {
   const log = opts.log ?? (() => {});
   const model = typeof opts.model === 'string' ? await CausalLM.load(opts.model) : opts.model;
   const fingerprint = fingerprintWeights(model.weights);
   const shapes = new Map([...model.weights].map(([n, t]) => [n, t.shape]));
+  const memoryBudgetMb = opts.memoryBudgetMb ?? 1024;
   const { registry, skipped } = await AdapterRegistry.open({
     dir: opts.adaptersDir,
     shapes,
     fingerprint,
-    memoryBudgetBytes: (opts.memoryBudgetMb ?? 1024) * 2 ** 20,
+    memoryBudgetBytes: memoryBudgetMb * 2 ** 20,
     log,
   });
   const gate = new WeightGate();
   let metrics: ServerMetrics;
-  const store = opts.unfused === false ? null : new UnfusedStore(model, { budgetBytes: (opts.unfusedBudgetMb ?? 1024) * 2 ** 20, maxUnfusedDensity: opts.maxUnfusedDensity ?? 0.25 });
+  // Memory changes are re-checked against the budget on a later microtask (never in the middle of a swap or a plan).
+  let budgetCheck = false;
+  const checkBudget = () => {
+    if (budgetCheck) return;
+    budgetCheck = true;
+    queueMicrotask(() => {
+      budgetCheck = false;
+      registry.enforceBudget();
+    });
+  };
+  const store =
+    opts.unfused === false
+      ? null
+      : new UnfusedStore(model, { budgetBytes: (opts.unfusedBudgetMb ?? memoryBudgetMb) * 2 ** 20, maxUnfusedDensity: opts.maxUnfusedDensity ?? 0.25, onGrow: checkBudget });
   const policy = store ? new FusePolicy(store, SEGMENT_NS_PER_SITE * store.layout.sites.length) : null;
   const swapper = new Swapper(model.weights, gate, {
     fingerprint,
@@ -93,13 +144,16 @@ export async function createServer(opts: ServerOptions): Promise<SparsetuneServe
       metrics.swapSeconds.observe(r.seconds);
       policy?.observeSwap(r.seconds, r.elements);
     },
+    onPrepare: checkBudget,
   });
+  holdAdapterMemory(registry, swapper, store);
   let scheduler: Scheduler;
   metrics = new ServerMetrics({
     queueDepth: () => scheduler.queueDepth,
     activeSequences: () => scheduler.activeSequences,
     adaptersLoaded: () => registry.list().length,
     adapterResidentBytes: () => registry.residentBytes,
+    adapterPayloadBytes: () => registry.payloadBytes,
     unfusedTableBytes: () => store?.residentBytes ?? 0,
   });
   scheduler = new Scheduler(
@@ -115,7 +169,7 @@ export async function createServer(opts: ServerOptions): Promise<SparsetuneServe
     store && policy ? { store, policy } : null,
   );
   const baseName = path.basename(model.source);
-  const service = new ServeService(model, baseName, registry, swapper, scheduler, metrics);
+  const service = new ServeService(model, baseName, registry, swapper, scheduler, metrics, store);
   const app = buildApp(service, {
     apiKey: opts.apiKey,
     bodyLimit: opts.bodyLimitBytes ?? 2 ** 20,

@@ -12,6 +12,7 @@ import { ADAPTER_ID, BASE_MODEL_ID, type AdapterEntry, type AdapterRegistry } fr
 import type { Scheduler } from './scheduler.js';
 import type { SequenceSpec } from './sequence.js';
 import type { Swapper } from './swapper.js';
+import type { UnfusedStore } from './unfused/store.js';
 
 /** An entry of a request's `adapters` field as parsed (the scale is checked by resolveMembers). */
 export interface AdapterRequest {
@@ -33,6 +34,8 @@ export class ServeService {
     readonly swapper: Swapper,
     readonly scheduler: Scheduler,
     readonly metrics: ServerMetrics,
+    /** What unfused serving keeps (tables, cut graph); null for a fused-only server. */
+    readonly unfused: UnfusedStore | null = null,
   ) {}
 
   /** True once shutdown has begun. */

@@ -51,13 +51,20 @@ export class Swapper {
   constructor(
     weights: Map<string, HostTensor<'f32'>>,
     private readonly gate: WeightGate,
-    opts: { fingerprint: string; onSwap?: (r: SwapReport) => void },
+    opts: {
+      fingerprint: string;
+      onSwap?: (r: SwapReport) => void;
+      /** Called after a payload was prepared (its `bytes` are now held). */
+      onPrepare?: (p: PreparedAdapter) => void;
+    },
   ) {
     this.patcher = new WeightPatcher(weights, { fingerprint: opts.fingerprint });
     this.onSwap = opts.onSwap;
+    this.onPrepare = opts.onPrepare;
   }
 
   private readonly onSwap?: (r: SwapReport) => void;
+  private readonly onPrepare?: (p: PreparedAdapter) => void;
 
   /** Ids of the adapters fused into the weights now (sorted). */
   get activeIds(): string[] {
@@ -88,8 +95,29 @@ export class Swapper {
       // Fingerprints were checked when the registry loaded the adapter.
       p = this.patcher.prepare(payload, { force: true });
       this.prepared.set(payload, p);
+      this.onPrepare?.(p);
     }
     return p;
+  }
+
+  /** True when `m`'s payload (at its scale) is prepared, so swapping it in is a scatter. */
+  isPrepared(m: SwapMember): boolean {
+    return this.prepared.has(m.payload());
+  }
+
+  /** Bytes the prepared forms of `payloads` hold (0 for those not prepared). */
+  preparedBytes(payloads: readonly Adapter[]): number {
+    let n = 0;
+    for (const a of payloads) n += this.prepared.get(a)?.bytes ?? 0;
+    return n;
+  }
+
+  /**
+   * Forget the prepared forms of `payloads` (their adapter is being evicted). A form that is
+   * fused now stays with its handle until reverted; the next swap of the payload prepares it again.
+   */
+  forget(payloads: readonly Adapter[]): void {
+    for (const a of payloads) this.prepared.delete(a);
   }
 
   /** Revert every adapter: the weights hold the original bits again. */

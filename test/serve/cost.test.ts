@@ -39,6 +39,12 @@ describe('cost rule', () => {
     expect(stay.unfused).toBe(true);
     // Fused, but no row uses it any more: go back to the base.
     expect(policy.choose(rows([[b, 3]]), a, base).fused).not.toBe(a);
+    // A set not yet prepared for fast swaps is not swapped in: the run keeps the best ready
+    // set and names the wanted one, to be prepared before the next run.
+    const notReady = policy.choose(rows([[a, 8]]), base, base, (s) => s !== a);
+    expect(notReady.fused).toBe(base);
+    expect(notReady.wanted).toBe(a);
+    expect(policy.choose(rows([[a, 8]]), base, base, () => true).wanted).toBeUndefined();
     // A swap that would serve one token only is not worth it for a single row.
     policy.nsPerElement = 1e6;
     expect(policy.choose([{ set: a, tokens: 1, remaining: 1 }], base, base).fused).toBe(base);

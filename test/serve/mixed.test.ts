@@ -24,6 +24,8 @@ let server: SparsetuneServer;
 let url: string;
 let original: Map<string, Uint8Array>;
 const zoo: Record<string, Adapter> = {};
+let preparedAtLoad: string[];
+let dir: string;
 
 async function post(body: unknown): Promise<{ status: number; json: { choices?: { text: string }[]; error?: { message: string } } }> {
   const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
@@ -51,13 +53,14 @@ beforeAll(async () => {
     mask: sparseMask(model, 6, 0.04),
     nm: denseMask(model),
   });
-  const dir = await tempDir('sparsetune-mixed-');
+  dir = await tempDir('sparsetune-mixed-');
   await writeAdapters(dir, zoo);
   const pruned = newAdapter({ method: 'pat', kind: 'pruned', base: { model: 'test', fingerprint: fingerprintWeights(model.weights) } });
   pruned.pruned = { keptChannels: Int32Array.of(0, 1, 2), configJson: { intermediate_size: 3 } };
   await saveAdapter(path.join(dir, 'pat'), pruned);
   server = await createServer({ model, adaptersDir: dir, maxBatch: 16, maxConsecutiveSteps: 4 });
   url = await server.listen(0);
+  preparedAtLoad = server.service.registry.list().filter((e) => server.service.swapper.isPrepared(e)).map((e) => e.id);
 });
 
 afterAll(async () => {
@@ -109,6 +112,41 @@ describe('mixed-adapter batches', () => {
     expect(await metric('sparsetune_mixed_runs_total{path="dense"}')).toBeGreaterThan(before + 10);
   });
 
+  it('prepares fast swaps only where they will be used, counts them and the tables in the memory budget', async () => {
+    const { registry, swapper, unfused } = server.service;
+    const entry = (id: string) => registry.get(id)!;
+    // Only the dense mask must be fused, so only it was prepared at load; sp was prepared
+    // once the cost rule wanted it fused (previous test).
+    expect(preparedAtLoad).toEqual(['nm']);
+    expect(swapper.isPrepared(entry('sp'))).toBe(true);
+    const prepared = ['nm', 'sp'].reduce((n, id) => n + swapper.preparedBytes([entry(id).payload()]), 0);
+    expect(prepared).toBeGreaterThan(0);
+    const tables = registry.list().reduce((n, e) => n + unfused!.tableBytesOf(e.uid), 0);
+    expect(tables).toBe(unfused!.residentBytes);
+    expect(tables).toBeGreaterThan(0);
+    // The budget counts payloads, prepared forms, tables and the scaled copies requests asked for.
+    expect(registry.residentBytes).toBeGreaterThanOrEqual(registry.payloadBytes + prepared + tables);
+    expect(await metric('sparsetune_adapter_resident_bytes')).toBe(registry.residentBytes);
+    expect(await metric('sparsetune_adapter_payload_bytes')).toBe(registry.payloadBytes);
+  });
+
+  it('compiles no graph per adapter or set: new sets reuse the one-piece and cut graphs', async () => {
+    const seg = await server.service.unfused!.executor.segments();
+    const before = { model: model.runtime.sessionStats.created, segments: seg.sessionStats.created };
+    expect(before.segments).toBe(seg.segmentCount); // every segment built once, never rebuilt
+    const prompt = 'A cat';
+    const bodies = [0.25, 0.75, 1.5, -0.5].flatMap((scale) => [
+      { model: 'base', adapters: [{ id: 'sp2', scale }] },
+      { model: 'r4', adapters: [{ id: 's2', scale }] },
+      { model: 'mask+r16', adapters: [{ id: 'sp', scale }] },
+    ]);
+    const got = await Promise.all(bodies.map((b) => post({ prompt, max_tokens: 4, temperature: 0, ...b })));
+    for (const r of got) expect(r.status).toBe(200);
+    expect(model.runtime.sessionStats.created).toBe(before.model);
+    expect(seg.sessionStats.created).toBe(before.segments);
+    expect(seg.sessionStats.evicted).toBe(0);
+  });
+
   it('refuses bad adapter requests with 400/404 naming the adapter, and the weights stay intact', async () => {
     const cases: [unknown, number, RegExp][] = [
       [{ model: 'sp+nope', prompt: 'x' }, 404, /"nope" does not exist/],
@@ -128,5 +166,35 @@ describe('mixed-adapter batches', () => {
     }
     await server.service.swapper.reset();
     expect(changedWeights(model.weights, original)).toEqual([]);
+  });
+});
+
+describe('fused-only server', () => {
+  it('prepares every adapter at load (first swaps are scatters), counts it in the budget, and answers as the fused model', async () => {
+    const own = await CausalLM.load(bundledModelPath());
+    const pristine = snapshot(own.weights);
+    const fusedOnly = await createServer({ model: own, adaptersDir: dir, unfused: false, maxBatch: 4 });
+    try {
+      const { registry, swapper } = fusedOnly.service;
+      const entries = registry.list();
+      for (const e of entries) expect(swapper.isPrepared(e), e.id).toBe(true);
+      const prepared = entries.reduce((n, e) => n + swapper.preparedBytes([e.payload()]), 0);
+      expect(registry.residentBytes).toBe(registry.payloadBytes + prepared);
+      const prompt = 'Once upon a time';
+      for (const [body, fused] of [
+        [{ model: 'sp' }, [zoo.sp]],
+        [{ model: 'r4+s2' }, [zoo.r4, zoo.s2]],
+        [{ model: 'base', adapters: [{ id: 'sp2', scale: 1.5 }] }, [scaleAdapter(zoo.sp2, 1.5)]],
+      ] as [Record<string, unknown>, Adapter[]][]) {
+        const r = await fusedOnly.app.inject({ method: 'POST', url: '/v1/completions', payload: { prompt, max_tokens: 10, temperature: 0, ...body } });
+        expect(r.statusCode, r.body).toBe(200);
+        expect(r.json().choices[0].text, JSON.stringify(body)).toBe(await fusedGreedy(ref, fused, prompt, 10));
+      }
+      // A scale other than 1 was prepared (and counted) before its first swap, as its own form.
+      expect(registry.residentBytes).toBeGreaterThan(registry.payloadBytes + prepared);
+    } finally {
+      await fusedOnly.close();
+    }
+    expect(changedWeights(own.weights, pristine)).toEqual([]);
   });
 });

@@ -1,6 +1,7 @@
 /**
  * The adapter registry: validation against the base at load, LRU eviction under a memory
- * budget (never of an adapter in use), reload from disk on demand, refusal of a changed
+ * budget (never of an adapter in use), memory holders (prepared swap forms, unfused
+ * tables) counted in the same budget, reload from disk on demand, refusal of a changed
  * file, and unload while in use.
  */
 import * as path from 'node:path';
@@ -9,7 +10,7 @@ import { saveAdapter } from '../../src/merge/adapter.js';
 import { newAdapter } from '../../src/merge/types.js';
 import { fingerprintWeights } from '../../src/merge/fingerprint.js';
 import type { HostTensor } from '../../src/tensor.js';
-import { AdapterRegistry, adapterBytes } from '../../src/serve/registry.js';
+import { AdapterRegistry, adapterBytes, type AdapterEntry } from '../../src/serve/registry.js';
 import { randomSparseAdapter, rng, tempDir, writeAdapters } from './helpers.js';
 
 /** Small random base weights. */
@@ -53,6 +54,45 @@ describe('AdapterRegistry', () => {
     registry.release(held);
     registry.release([a]);
     expect(registry.residentBytes).toBeLessThanOrEqual(size * 2.5);
+  });
+
+  it('counts what holders keep per adapter in the budget, tells them of loads and evictions, and never evicts what they use', async () => {
+    const { registry } = await AdapterRegistry.open({ dir, shapes, fingerprint, memoryBudgetBytes: Math.floor(size * 4.5) });
+    expect(registry.list().every((e) => e.resident)).toBe(true); // 3 payloads fit
+    // A holder keeps one payload's worth per resident adapter (like a prepared swap form).
+    const kept = new Map<string, number>();
+    const events: string[] = [];
+    const busy = new Set<string>();
+    registry.addHolder({
+      bytes: (e: AdapterEntry) => kept.get(e.id) ?? 0,
+      busy: (e) => busy.has(e.id),
+      resident: (e) => {
+        events.push(`resident ${e.id}`);
+        kept.set(e.id, e.bytes);
+      },
+      drop: (e) => {
+        events.push(`drop ${e.id}`);
+        kept.delete(e.id);
+      },
+    });
+    // Told about the resident ones, most recently used first; past 4.5 payloads' worth the
+    // least recently used (a) goes before the holder works on it.
+    expect(events).toEqual(['resident c', 'resident b', 'drop a']);
+    expect(registry.get('a')!.resident).toBe(false);
+    expect(registry.residentBytes).toBe(registry.payloadBytes + kept.get('b')! + kept.get('c')!);
+    expect(registry.residentBytes).toBeLessThanOrEqual(size * 4.5);
+    // Reading a back tells the holder again; a holder's busy adapter (b) is skipped, so c goes.
+    busy.add('b');
+    events.length = 0;
+    const [a] = await registry.acquire(['a']);
+    expect(events).toEqual(['resident a', 'drop c']);
+    expect(registry.get('b')!.resident).toBe(true);
+    registry.release([a]);
+    // Unloading an adapter nobody pins drops what the holder keeps for it.
+    events.length = 0;
+    registry.unload('a');
+    expect(events).toEqual(['drop a']);
+    expect(kept.has('a')).toBe(false);
   });
 
   it('refuses adapters of another base, unknown ids, escapes and duplicates', async () => {

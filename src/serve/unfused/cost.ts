@@ -7,6 +7,11 @@
  * (the median number of tokens its rows have left). Candidates: the set the weights hold
  * now, the base, and the set most rows use. Nothing here can starve a row: every row of
  * the mixed batch advances at every step whatever F is.
+ *
+ * A set is only swapped in once its members are prepared for fast swaps (swapper.ts): when
+ * the cheapest candidate is not, the run keeps the cheapest prepared one and the decision
+ * names the wanted set, which the scheduler prepares before the next run. So preparation
+ * (memory and time) is spent only on sets the rule would actually fuse, and no swap pays it.
  */
 import type { ServeSet, SetMember } from '../adapter-set.js';
 import { touchedElements } from '../swapper.js';
@@ -25,6 +30,8 @@ export interface FuseDecision {
   estimateNs: number;
   /** Whether any row will run unfused work. */
   unfused: boolean;
+  /** A cheaper set that was not taken because its members are not prepared yet: prepare it. */
+  wanted?: ServeSet;
 }
 
 export class FusePolicy {
@@ -77,8 +84,11 @@ export class FusePolicy {
     return ns;
   }
 
-  /** Pick the fused set for a run of `rows`, the weights holding `current` now. */
-  choose(rows: readonly RunRow[], current: ServeSet, base: ServeSet): FuseDecision {
+  /**
+   * Pick the fused set for a run of `rows`, the weights holding `current` now, among sets
+   * `ready` says can be swapped in now (the current set and the base always can).
+   */
+  choose(rows: readonly RunRow[], current: ServeSet, base: ServeSet, ready: (s: ServeSet) => boolean = () => true): FuseDecision {
     const candidates = new Map<string, ServeSet>([[base.key, base]]);
     const usable = (s: ServeSet) => s.isBase || this.store.analysisOf(s)?.deltaOnly === true;
     if (usable(current)) candidates.set(current.key, current);
@@ -92,6 +102,7 @@ export class FusePolicy {
     if (top) candidates.set(top.set.key, top.set);
 
     let best: FuseDecision | null = null;
+    let bestReady: FuseDecision | null = null;
     for (const f of candidates.values()) {
       let ns = 0;
       let unfused = false;
@@ -106,8 +117,10 @@ export class FusePolicy {
         const horizon = Math.max(1, left.length ? left[Math.floor(left.length / 2)] : 1);
         ns += (this.swapElements(current, f) * this.nsPerElement) / horizon;
       }
-      if (!best || ns < best.estimateNs) best = { fused: f, estimateNs: ns, unfused };
+      const d = { fused: f, estimateNs: ns, unfused };
+      if (!best || ns < best.estimateNs) best = d;
+      if ((f === base || f.key === current.key || ready(f)) && (!bestReady || ns < bestReady.estimateNs)) bestReady = d;
     }
-    return best!;
+    return best === bestReady ? best! : { ...bestReady!, wanted: best!.fused };
   }
 }

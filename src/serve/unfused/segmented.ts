@@ -10,6 +10,7 @@
  * input added to the embedding output (`embed_delta`).
  */
 import { Runtime, type CompiledGraph } from '../../engine/runtime.js';
+import type { SessionCacheStats } from '../../engine/session-cache.js';
 import ort from 'onnxruntime-node';
 import type { Dim, Value } from '../../engine/ir.js';
 import { add } from '../../engine/ops/index.js';
@@ -71,7 +72,13 @@ export class SegmentedModel {
     private readonly segments: CompiledSegment[],
     /** Hidden size (embedding width). */
     readonly hidden: number,
+    private readonly runtime: Runtime,
   ) {}
+
+  /** The segments' own session cache (created counts rebuilds: it should equal the segment count). */
+  get sessionStats(): SessionCacheStats {
+    return this.runtime.sessionStats;
+  }
 
   /**
    * Build and compile the segments of `model`'s decode graph (models/decode.ts) cut at the
@@ -114,7 +121,7 @@ export class SegmentedModel {
       }
       segments.push({ compiled: await runtime.compile(seg.graph), cuts: seg.cuts.map((n) => sites.get(n)!), resident, allocated });
     }
-    return new SegmentedModel(model, arena, parts, marks, segments, hidden);
+    return new SegmentedModel(model, arena, parts, marks, segments, hidden, runtime);
   }
 
   /** Number of onnxruntime runs per step. */

@@ -4,6 +4,7 @@
  * used past a byte budget once no running row holds them), and per-set analysis (can the
  * set run unfused, and at what cost per token) and mask tables.
  */
+import type { Adapter } from '../../merge/types.js';
 import type { CausalLM } from '../../models/causal-lm.js';
 import type { ServeSet, SetMember } from '../adapter-set.js';
 import { Arena } from './arena.js';
@@ -13,7 +14,11 @@ import { buildMaskTables, clearedBySet, maskEntries, type MaskTables } from './m
 import { buildTables, COST, mustFuseReason, tablesEstimate, type AdapterTables } from './tables.js';
 
 export interface StoreOptions {
-  /** Arena bytes for tables of adapters no running row uses; past it they are evicted (LRU). */
+  /**
+   * Most arena bytes for tables of adapters no running row uses; past it they are evicted
+   * (LRU). The arena never shrinks, so this caps the tables' share of the process's memory;
+   * the registry's budget, which counts tables too, usually evicts first.
+   */
   budgetBytes: number;
   /**
    * The density rule: a set runs unfused only while its kernel work per token (sparse and
@@ -22,6 +27,8 @@ export interface StoreOptions {
    * weight) are fused.
    */
   maxUnfusedDensity: number;
+  /** Called (on a later microtask) after tables were built, so the owner can re-check its budget. */
+  onGrow?: () => void;
 }
 
 /** What the server knows about one set. */
@@ -75,7 +82,45 @@ export class UnfusedStore {
 
   /** Adapters with resident tables. */
   get residentAdapters(): number {
-    return this.slots.size;
+    let n = 0;
+    for (const s of this.slots.values()) if (s.tables) n++;
+    return n;
+  }
+
+  /** Bytes of the tables of the adapter with load uid `uid`. */
+  tableBytesOf(uid: number): number {
+    return this.slots.get(uid)?.tables?.bytes ?? 0;
+  }
+
+  /** True while a set that a sequence holds uses the adapter with load uid `uid`. */
+  inUse(uid: number): boolean {
+    return (this.slots.get(uid)?.refs ?? 0) > 0;
+  }
+
+  /** Free the tables of the adapter with load uid `uid` unless a set in use holds them. */
+  drop(uid: number): void {
+    const slot = this.slots.get(uid);
+    if (!slot || slot.refs > 0) return;
+    slot.tables?.release();
+    this.slots.delete(uid);
+  }
+
+  /**
+   * Why `adapter` alone, at scale 1, must be fused rather than run unfused (the density
+   * rule, or a parameter unfused serving cannot reach), or null.
+   */
+  mustFuseAlone(adapter: Adapter): string | null {
+    const why = mustFuseReason(adapter, this.layout);
+    if (why) return why;
+    const work = maskEntries(clearedBySet([{ adapter, scale: 1 }]), this.layout) + tablesEstimate(adapter, this.layout).work;
+    return this.densityReason(work, 'it');
+  }
+
+  private densityReason(work: number, what: string): string | null {
+    const density = work / this.layout.denseMacsPerToken;
+    return density > this.opts.maxUnfusedDensity
+      ? `${what} would do ${(100 * density).toFixed(1)}% of the model's dense work per token unfused (limit ${(100 * this.opts.maxUnfusedDensity).toFixed(0)}%), so it is fused`
+      : null;
   }
 
   /**
@@ -166,11 +211,7 @@ export class UnfusedStore {
       memberNs.set(m.uid, m.scale === 0 ? 0 : t.costNs);
       work += t.work;
     }
-    const density = work / this.layout.denseMacsPerToken;
-    const mustFuse =
-      density > this.opts.maxUnfusedDensity
-        ? `set ${set.label} would do ${(100 * density).toFixed(1)}% of the model's dense work per token unfused (limit ${(100 * this.opts.maxUnfusedDensity).toFixed(0)}%), so it is fused`
-        : null;
+    const mustFuse = this.densityReason(work, `set ${set.label}`);
     return { mustFuse, deltaOnly: cleared.size === 0, memberNs, maskNs };
   }
 
@@ -186,7 +227,10 @@ export class UnfusedStore {
   /** A member's tables, built now if need be (call between model runs only). */
   private tablesOf(m: SetMember): AdapterTables {
     const slot = this.slotOf(m);
-    slot.tables ??= buildTables(this.arena, m.raw(), this.layout);
+    if (!slot.tables) {
+      slot.tables = buildTables(this.arena, m.raw(), this.layout);
+      if (this.opts.onGrow) queueMicrotask(this.opts.onGrow);
+    }
     return slot.tables;
   }
 
