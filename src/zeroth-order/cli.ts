@@ -18,10 +18,13 @@ import { CausalLM } from '../models/causal-lm.js';
 import { ProgressBar } from '../train/progress.js';
 import { METRICS_FILE } from '../train/run.js';
 import { runZerothOrderTraining, TRAJECTORY_FILE, type ZoRunResult } from './run.js';
-import { resolveZoTrainConfig, zoTrainConfigSchema, type ZoTrainConfigInput } from './train.js';
+import { resolveZoTrainConfig, zoRecipeHelp, zoTrainConfigSchema, type ZoTrainConfigInput } from './train.js';
 
 /** Config schema shown by `sparsetune train --method mezo --help`. */
 export const configSchema = zoTrainConfigSchema;
+
+/** The reference recipe of a zeroth-order method, as `--help` lines. */
+export const recipeHelp = zoRecipeHelp;
 
 /** One line for `--help`. */
 export const summary =

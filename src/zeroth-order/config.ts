@@ -3,6 +3,10 @@ import { z } from 'zod';
 import { SparsetuneError } from '../errors.js';
 import { DEFAULT_NOISE_GENERATOR, NOISE_GENERATORS, type NoiseGenerator } from './rng.js';
 
+/** When Sparse-MeZO's per-tensor thresholds are computed (see ZoConfig.thresholds). */
+export type ZoThresholdMode = 'per-step' | 'fixed';
+export const ZO_THRESHOLD_MODES: readonly ZoThresholdMode[] = ['per-step', 'fixed'];
+
 /** MeZO / Sparse-MeZO settings. */
 export interface ZoConfig {
   /** Learning rate (constant; a per-step override can be passed to `step`). */
@@ -17,6 +21,15 @@ export interface ZoConfig {
   seed: number;
   /** Sparse-MeZO: fraction of each tensor NOT perturbed (e.g. 0.8). Undefined = plain MeZO. */
   sparsity?: number;
+  /**
+   * Sparse-MeZO: when the per-tensor thresholds are set. 'per-step' (default): at the start of
+   * every step, from the weights as they are then, so every step trains the fraction
+   * 1 − sparsity of smallest-magnitude entries of each tensor (members that grew past the
+   * threshold drop out and the next-smallest come in). 'fixed': once, from the weights before
+   * the first step (members that grow out never come back, so the trained set only shrinks;
+   * trajectories written before this field existed replay this way).
+   */
+  thresholds?: ZoThresholdMode;
   /** Elements per pass chunk (scratch of ~30 bytes per element; never changes results). Default 16384. */
   chunk?: number;
   /**
@@ -48,6 +61,7 @@ export const zoConfigSchema = z
     samples: z.number().int().min(1).max(1024).optional(),
     seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
     sparsity: z.number().min(0).lt(1).optional(),
+    thresholds: z.enum(['per-step', 'fixed']).optional(),
     chunk: z.number().int().min(1).max(1 << 26).optional(),
     exactRestore: z.boolean().optional(),
     generator: z.enum(NOISE_GENERATORS as [NoiseGenerator, ...NoiseGenerator[]]).optional(),
@@ -72,6 +86,7 @@ export function resolveZoConfig(cfg: unknown): ResolvedZoConfig {
     samples: c.samples ?? 1,
     seed: c.seed,
     sparsity: c.sparsity,
+    thresholds: c.thresholds ?? 'per-step',
     chunk: c.chunk ?? DEFAULT_CHUNK,
     exactRestore: c.exactRestore ?? false,
     generator: c.generator ?? DEFAULT_NOISE_GENERATOR,

@@ -7,15 +7,16 @@
  *   g_k = (L+ − L−) / (2·eps)
  * then x −= lr·(mean_k g_k·z_k + wd·x), with z regenerated from the seeds (never stored). The last
  * restore and the update share one pass. Sparse-MeZO restricts all of it to the entries with
- * |x| <= h_l, h_l fixed per tensor at construction; membership is decided on each step's start
- * weights. The list of (step, seed, g, lr) records replays the run bit-for-bit, given the
+ * |x| <= h_l, h_l per tensor the (1 − sparsity) quantile of |x|: recomputed from the weights at
+ * the start of every step by default (`thresholds: 'per-step'`), or once at construction
+ * ('fixed'); either way membership is decided on each step's start weights. The list of (step, seed, g, lr) records replays the run bit-for-bit, given the
  * config (including its noise `generator`, rng.ts).
  */
 import { SparsetuneError } from '../errors.js';
 import { resolveZoConfig, type ResolvedZoConfig, type ZoConfig } from './config.js';
 import { PerturbationKernel, type PerturbedState } from './perturb.js';
 import { DOMAIN_SEED, randomUint32, type TrainableTensor } from './rng.js';
-import { sparseMezoThreshold } from './thresholds.js';
+import { sparseMezoThreshold, THRESHOLD_SCRATCH_LENGTH } from './thresholds.js';
 
 export type { ZoConfig } from './config.js';
 export type { TrainableTensor } from './rng.js';
@@ -80,18 +81,23 @@ function checkFinite(tensors: readonly TrainableTensor[]): void {
 }
 
 /** Per-tensor Sparse-MeZO thresholds from the current weights, or null for plain MeZO. */
-function computeThresholds(tensors: readonly TrainableTensor[], cfg: ResolvedZoConfig): Float64Array | null {
+function computeThresholds(tensors: readonly TrainableTensor[], cfg: ResolvedZoConfig, scratch?: Uint32Array): Float64Array | null {
   if (cfg.sparsity === undefined) return null;
   const sparsity = cfg.sparsity;
-  return Float64Array.from(tensors, (t) => sparseMezoThreshold(t.data, sparsity, t.name));
+  return Float64Array.from(tensors, (t) => sparseMezoThreshold(t.data, sparsity, t.name, scratch));
 }
 
-function makeKernel(tensors: readonly TrainableTensor[], cfg: ResolvedZoConfig): { kernel: PerturbationKernel; thresholds: Float64Array | null } {
+/** A kernel over `tensors` and a `beginStep` to call before each step's passes. */
+function makeKernel(tensors: readonly TrainableTensor[], cfg: ResolvedZoConfig): { kernel: PerturbationKernel; thresholds: Float64Array | null; beginStep: () => void } {
   validateTensors(tensors);
   const thresholds = computeThresholds(tensors, cfg);
   if (thresholds === null) checkFinite(tensors); // the threshold pass already checks
   const kernel = new PerturbationKernel({ tensors, thresholds, eps: cfg.eps, chunk: cfg.chunk, exactRestore: cfg.exactRestore, generator: cfg.generator });
-  return { kernel, thresholds };
+  const perStep = thresholds !== null && cfg.thresholds === 'per-step';
+  const scratch = perStep ? new Uint32Array(THRESHOLD_SCRATCH_LENGTH) : undefined;
+  // Per-step thresholds: the quantile of the weights as they are at the step's start.
+  const beginStep = perStep ? () => kernel.setThresholds(computeThresholds(tensors, cfg, scratch)!) : () => undefined;
+  return { kernel, thresholds, beginStep };
 }
 
 function checkLr(lr: number): void {
@@ -109,11 +115,11 @@ function checkLr(lr: number): void {
 export class ZerothOrderOptimizer {
   /** One record per (step, sample), in execution order. */
   readonly trajectory: ZoStepRecord[] = [];
-  /** Sparse-MeZO thresholds per tensor (|x| <= h is trained), fixed at construction; undefined for MeZO. */
-  readonly thresholds: readonly number[] | undefined;
   private readonly tensors: readonly TrainableTensor[];
   private readonly cfg: ResolvedZoConfig;
   private readonly kernel: PerturbationKernel;
+  private readonly liveThresholds: Float64Array | null;
+  private readonly beginStep: () => void;
   private stepIndex = 0;
   private busy = false;
 
@@ -121,9 +127,18 @@ export class ZerothOrderOptimizer {
   constructor(tensors: TrainableTensor[], cfg: ZoConfig) {
     this.cfg = resolveZoConfig(cfg);
     this.tensors = [...tensors];
-    const { kernel, thresholds } = makeKernel(this.tensors, this.cfg);
+    const { kernel, thresholds, beginStep } = makeKernel(this.tensors, this.cfg);
     this.kernel = kernel;
-    this.thresholds = thresholds === null ? undefined : Array.from(thresholds);
+    this.liveThresholds = thresholds;
+    this.beginStep = beginStep;
+  }
+
+  /**
+   * Sparse-MeZO thresholds per tensor (|x| <= h is trained): those of the last step (or, before
+   * the first, of the weights at construction); undefined for MeZO.
+   */
+  get thresholds(): readonly number[] | undefined {
+    return this.liveThresholds === null ? undefined : Array.from(this.liveThresholds);
   }
 
   /** The validated config with defaults filled in. */
@@ -158,6 +173,7 @@ export class ZerothOrderOptimizer {
     checkLr(lr);
     this.busy = true;
     try {
+      this.beginStep();
       const { eps, samples } = this.cfg;
       const seeds: number[] = [];
       const grads: number[] = [];
@@ -237,8 +253,9 @@ function groupSteps(trajectory: readonly ZoStepRecord[], samples: number): ZoSte
  */
 export function replayTrajectory(tensors: TrainableTensor[], cfg: ZoConfig, trajectory: ZoStepRecord[]): void {
   const resolved = resolveZoConfig(cfg);
-  const { kernel } = makeKernel(tensors, resolved);
+  const { kernel, beginStep } = makeKernel(tensors, resolved);
   for (const group of groupSteps(trajectory, resolved.samples)) {
+    beginStep();
     const seeds = group.map((r) => r.seed);
     const grads = group.map((r) => r.projectedGrad);
     const lr = group[0].lr;

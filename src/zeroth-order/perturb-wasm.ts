@@ -102,6 +102,7 @@ export function updateInWasm(ctx: PassContext, seeds: readonly number[], grads: 
   for (let t = 0; t < tensors.length; t++) {
     const data = tensors[t].data;
     const h = ctx.threshold(t);
+    const wdT = tensors[t].decay === false ? 0 : wd;
     for (let k = 0; k < n; k++) [kMuls[k], kAdds[k]] = hashKeys(seeds[k], t);
     let p = restoreFirst ? starts[t] : 0;
     const end = restoreFirst ? starts[t + 1] : 0;
@@ -126,9 +127,9 @@ export function updateInWasm(ctx: PassContext, seeds: readonly number[], grads: 
           sum += g[k] * zLast;
         }
         const base = clampMagnitude(Math.fround(data[i] + eps * zLast), h);
-        fixups[p - first] = base - lr * (sum * invN + wd * base);
+        fixups[p - first] = base - lr * (sum * invN + wdT * base);
       }
-      scanner.applyUpdate(count, eps, lr, wd, invN, restoreFirst, g[0], n > 1);
+      scanner.applyUpdate(count, eps, lr, wdT, invN, restoreFirst, g[0], n > 1);
       scanner.copyOut(data, off, len);
       for (let e = first; e < p; e++) data[indices[e]] = fixups[e - first];
     }

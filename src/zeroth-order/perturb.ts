@@ -114,6 +114,19 @@ export class PerturbationKernel {
       : null;
   }
 
+  /**
+   * New Sparse-MeZO thresholds (one per tensor), e.g. recomputed from the weights at the start
+   * of a step. Only between steps: the passes of one step must all see the same thresholds.
+   */
+  setThresholds(thresholds: ArrayLike<number>): void {
+    const own = this.setup.thresholds;
+    if (own === null || this.hBits === null) throw new Error('setThresholds: this kernel trains every element (plain MeZO)');
+    for (let t = 0; t < own.length; t++) {
+      own[t] = thresholds[t];
+      this.hBits[t] = memberThresholdBits(thresholds[t]);
+    }
+  }
+
   /** Whether the passes run their member rules in WebAssembly (perturb-wasm.ts). */
   get runsInWasm(): boolean {
     return this.wasmContext !== null;
@@ -315,6 +328,7 @@ export class PerturbationKernel {
     for (let t = 0; t < tensors.length; t++) {
       const data = tensors[t].data;
       const h = this.threshold(t);
+      const wdT = tensors[t].decay === false ? 0 : wd;
       for (let k = 0; k < n; k++) [kMuls[k], kAdds[k]] = hashKeys(seeds[k], t);
       let p = restoreFirst ? starts[t] : 0;
       const end = restoreFirst ? starts[t + 1] : 0;
@@ -351,7 +365,7 @@ export class PerturbationKernel {
             const zLast = memberZ !== null ? memberZ[q] : philoxZ![i - off];
             const cur = data[i];
             const base = restoreFirst ? Math.fround(cur + eps * zLast) : cur;
-            data[i] = base - lr * (acc * invN + wd * base);
+            data[i] = base - lr * (acc * invN + wdT * base);
           }
           if (next >= chunkEnd) break;
           // The listed element: in `members` too (where the walk stopped) if |current| <= h.
@@ -369,7 +383,7 @@ export class PerturbationKernel {
             }
           }
           const base = values !== null ? values[p] : clampMagnitude(Math.fround(data[i] + eps * zLast), h);
-          data[i] = base - lr * (acc * invN + wd * base);
+          data[i] = base - lr * (acc * invN + wdT * base);
           next = ++p < end ? indices[p] : NO_MORE;
         }
       }

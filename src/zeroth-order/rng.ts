@@ -189,4 +189,6 @@ export function normalAt(seed: number, stream: number, index: number, generator:
 export interface TrainableTensor {
   name: string;
   data: Float32Array;
+  /** Weight decay applies to it (default true; MeZO's code exempts biases and norms). */
+  decay?: boolean;
 }

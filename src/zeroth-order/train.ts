@@ -25,10 +25,21 @@ import { AdditiveDeltaBuilder } from './delta.js';
 import { replayTrajectory, ZerothOrderOptimizer, type ZoStepRecord } from './mezo.js';
 import type { ZoConfig } from './config.js';
 import type { TrainableTensor } from './rng.js';
-import { DEFAULT_SPARSITY, resolveZoTrainConfig, type ZoTrainConfig, type ZoTrainConfigInput } from './train-config.js';
+import { DEFAULT_SPARSITY, resolveZoTrainConfig, type ZoExtraParams, type ZoTrainConfig, type ZoTrainConfigInput } from './train-config.js';
 import { saveTrajectory } from './trajectory.js';
 
-export { DEFAULT_SPARSITY, resolveZoTrainConfig, zoTrainConfigSchema, type ZoTrainConfig, type ZoTrainConfigInput } from './train-config.js';
+export {
+  DEFAULT_SPARSITY,
+  resolveZoTrainConfig,
+  zoTrainConfigSchema,
+  zoRecipeHelp,
+  ZO_RECIPES,
+  ZO_EXTRA_PARAMS,
+  type ZoExtraParams,
+  type ZoRecipe,
+  type ZoTrainConfig,
+  type ZoTrainConfigInput,
+} from './train-config.js';
 
 /** A run's settings plus what cannot be JSON: the adapter method, and where the base lives. */
 export interface ZoTrainOptions extends ZoTrainConfigInput {
@@ -47,10 +58,36 @@ export interface ZoTrainResult {
   stoppedEarly?: string;
 }
 
-/** Base weights of the target sites, in site order (each weight once). */
-function baseTensorNames(model: CausalLM, targets: ZoTrainConfig['targets']): string[] {
+/** Input embeddings (token, and GPT-2's positions) of the supported architectures. */
+const EMBEDDINGS = ['model.embed_tokens.weight', 'transformer.wte.weight', 'transformer.wpe.weight'];
+
+/** Norm parameters (RMSNorm / LayerNorm weights and biases): 1-D tensors named like a norm. */
+function isNorm(name: string, shape: readonly number[]): boolean {
+  return shape.length === 1 && /(norm|\.ln_)/.test(name);
+}
+
+/**
+ * Base weights to train: the target sites (default every block linear), then the `include`d
+ * embeddings, norms and head, in model order, each buffer once (a tied head is the embedding).
+ */
+export function baseTensorNames(model: CausalLM, targets: ZoTrainConfig['targets'], include: readonly ZoExtraParams[] = []): string[] {
   const sites = targets === undefined ? model.sites().filter((s) => s.kind !== 'lm_head') : selectSites(model, targets);
-  return [...new Set(sites.map((s) => s.weightName))];
+  const names = sites.map((s) => s.weightName);
+  const extra = new Set(include);
+  for (const [name, w] of model.weights) {
+    if ((extra.has('embeddings') && EMBEDDINGS.includes(name)) || (extra.has('norms') && isNorm(name, w.shape))) names.push(name);
+  }
+  if (extra.has('head')) {
+    const head = model.sites().find((s) => s.kind === 'lm_head');
+    if (head) names.push(head.weightName);
+  }
+  const seen = new Set<Float32Array>();
+  return [...new Set(names)].filter((n) => {
+    const data = model.weights.get(n)!.data;
+    if (seen.has(data)) return false;
+    seen.add(data);
+    return true;
+  });
 }
 
 function isDivergence(err: unknown): err is SparsetuneError {
@@ -114,14 +151,18 @@ export class ZerothOrderTrainer {
       if (params.length === 0) {
         throw new SparsetuneError('BAD_ARGUMENT', `method ${adapter.name} has no trainable tensors; check its target modules`);
       }
-      tensors = params.map((p) => ({ name: p.name, data: p.data }));
+      tensors = params.map((p) => ({ name: p.name, data: p.data, decay: p.decay }));
       initialParams = params.map((p) => p.data.slice());
     } else {
-      const names = baseTensorNames(model, config.targets);
+      const names = baseTensorNames(model, config.targets, config.include);
       if (names.length === 0) throw new SparsetuneError('BAD_ARGUMENT', 'no trainable weights: the model has no linear layers outside lm_head; set targets');
       disk = await BaseWeightsOnDisk.open(baseDir ?? model.source);
       await verifyBaseMatchesDisk(model, disk, names);
-      tensors = names.map((name) => ({ name, data: model.weights.get(name)!.data }));
+      // As MeZO's code: no weight decay on norms (or any other 1-D tensor, e.g. biases).
+      tensors = names.map((name) => {
+        const w = model.weights.get(name)!;
+        return { name, data: w.data, decay: w.shape.length > 1 };
+      });
     }
     const zoConfig: ZoConfig = {
       lr: config.lr,
@@ -130,7 +171,7 @@ export class ZerothOrderTrainer {
       samples: config.samples,
       seed: config.seed,
       exactRestore: config.exactRestore,
-      ...(config.method === 'sparse-mezo' ? { sparsity: config.sparsity ?? DEFAULT_SPARSITY } : {}),
+      ...(config.method === 'sparse-mezo' ? { sparsity: config.sparsity ?? DEFAULT_SPARSITY, thresholds: config.thresholds ?? 'per-step' } : {}),
     };
     const optimizer = new ZerothOrderOptimizer(tensors, zoConfig);
     return new ZerothOrderTrainer(model, config, zoConfig, tensors, adapter, disk, initialParams, baseFingerprint, optimizer, callbacks);

@@ -5,7 +5,9 @@
  *
  * Format: { "format": "sparsetune.zo-trajectory/2", "config": ZoConfig, "steps": [...] }, the
  * config always naming its noise `generator`. Format 1 files (written before that field) are
- * read as generator 'philox', the only one there was, so they still replay bit for bit.
+ * read as generator 'philox', the only one there was, so they still replay bit for bit. Sparse
+ * runs always record their `thresholds` mode; a file without it was written before per-step
+ * thresholds existed and replays with 'fixed' ones, as it was trained.
  * JSON numbers round-trip float64 exactly, so a saved g replays to the same bits.
  */
 import { readFile } from 'node:fs/promises';
@@ -42,7 +44,13 @@ const currentFileSchema = z
     config: zoConfigSchema.required({ generator: true }),
     steps: z.array(stepRecordSchema),
   })
-  .strict();
+  .strict()
+  .transform((file) => ({ ...file, config: withThresholdMode(file.config, 'fixed') }));
+
+/** A sparse config with its thresholds mode spelled out (`absent` where the field is missing). */
+function withThresholdMode<C extends ZoConfig>(config: C, absent: 'per-step' | 'fixed'): C {
+  return config.sparsity === undefined || config.thresholds !== undefined ? config : { ...config, thresholds: absent };
+}
 
 const formatOneFileSchema = z
   .object({
@@ -51,7 +59,7 @@ const formatOneFileSchema = z
     steps: z.array(stepRecordSchema),
   })
   .strict()
-  .transform((file) => ({ format: ZO_TRAJECTORY_FORMAT, config: { ...file.config, generator: 'philox' as const }, steps: file.steps }));
+  .transform((file) => ({ format: ZO_TRAJECTORY_FORMAT, config: withThresholdMode({ ...file.config, generator: 'philox' as const }, 'fixed'), steps: file.steps }));
 
 /** Schema of a trajectory file (format 1 files come out as format 2 with generator 'philox'). */
 export const zoTrajectoryFileSchema = z.union([currentFileSchema, formatOneFileSchema]);
@@ -66,8 +74,8 @@ function parseTrajectoryFile(json: unknown) {
 export async function saveTrajectory(path: string, config: ZoConfig, steps: readonly ZoStepRecord[]): Promise<void> {
   const file: ZoTrajectoryFile = {
     format: ZO_TRAJECTORY_FORMAT,
-    // The generator is part of the run's definition: written out even when it was the default.
-    config: { ...config, generator: config.generator ?? DEFAULT_NOISE_GENERATOR },
+    // The generator and the thresholds mode are part of the run's definition: written out even when defaults.
+    config: withThresholdMode({ ...config, generator: config.generator ?? DEFAULT_NOISE_GENERATOR }, 'per-step'),
     steps: steps.map((s) => ({ step: s.step, seed: s.seed, projectedGrad: s.projectedGrad, lr: s.lr })),
   };
   // Refuse to write what could not be loaded back (e.g. a NaN gradient would become null).

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ensureHashNormalTables, hashKeys, hashWord, normalFromWord } from '../../src/zeroth-order/hash-normal.js';
+import { computeNormalNodes, ensureHashNormalTables, hashKeys, hashWord, NODE_COUNT, normalFromWord } from '../../src/zeroth-order/hash-normal.js';
+import { normalNodes } from '../../src/zeroth-order/normal-nodes.js';
 import { expBasic, logBasic, normalQuantileLower } from '../../src/zeroth-order/normal-quantile.js';
 import { fillNormal, normalAt } from '../../src/zeroth-order/rng.js';
 
@@ -47,6 +48,15 @@ describe('normalQuantileLower (basic-arithmetic Φ⁻¹ behind the tables)', () 
   it('builds on exp and log that agree with Math.exp / Math.log', () => {
     for (let x = -40; x < 40; x += 0.37) expect(Math.abs(expBasic(x) / Math.exp(x) - 1)).toBeLessThan(1e-15);
     for (let x = 1e-12; x < 1e9; x *= 3.7) expect(Math.abs(logBasic(x) - Math.log(x))).toBeLessThan(1e-14);
+  });
+});
+
+describe('hash generator: stored quantile nodes', () => {
+  it('normal-nodes.ts holds exactly the bits of computeNormalNodes (regenerate with scripts/gen-normal-nodes.ts)', () => {
+    const stored = normalNodes();
+    const computed = computeNormalNodes();
+    expect(stored.length).toBe(NODE_COUNT);
+    expect(Buffer.from(stored.buffer).equals(Buffer.from(computed.buffer))).toBe(true);
   });
 });
 

@@ -72,12 +72,13 @@ afterAll(() => {
 
 describe('Sparse-MeZO on stories260K', () => {
   it(
-    'lowers held-out loss on a shifted domain; the trajectory replays and the delta fuses to the trained bits',
+    'fixed thresholds: lowers held-out loss on a shifted domain; the trajectory replays and the delta fuses to the trained bits',
     async () => {
       const out = tmp();
       const res = await runZerothOrderTraining({
         model,
         method: 'sparse-mezo',
+        thresholds: 'fixed',
         lr: 1e-3,
         eps: 1e-3,
         steps: 100,

@@ -30,8 +30,8 @@ describe('trajectory files', () => {
     await saveTrajectory(path, cfg, opt.trajectory);
     const loaded = await loadTrajectory(path);
     expect(loaded.format).toBe(ZO_TRAJECTORY_FORMAT);
-    // The generator is written out even though the config left it to the default.
-    expect(loaded.config).toEqual({ ...cfg, generator: 'hash' });
+    // The generator and the thresholds mode are written out even though the config left them to the defaults.
+    expect(loaded.config).toEqual({ ...cfg, generator: 'hash', thresholds: 'per-step' });
     expect(loaded.steps).toEqual(opt.trajectory);
 
     replayTrajectory(start, loaded.config, loaded.steps);
@@ -41,17 +41,19 @@ describe('trajectory files', () => {
   it('reads format-1 files (before the generator field) as Philox runs, which replay bit-for-bit', async () => {
     const tensors = [{ name: 'w', data: randn(63, 1000, 0.02) }];
     const start = cloneTensors(tensors);
-    const cfg: ZoConfig = { lr: 0.2, eps: 1e-3, seed: 78, sparsity: 0.8, generator: 'philox' };
+    // Format-1 runs had thresholds fixed at the start (the only mode then).
+    const cfg: ZoConfig = { lr: 0.2, eps: 1e-3, seed: 78, sparsity: 0.8, generator: 'philox', thresholds: 'fixed' };
     const opt = new ZerothOrderOptimizer(tensors, cfg);
     const loss = leastSquares(tensors);
     for (let s = 0; s < 10; s++) await opt.step(loss);
     // What the format-1 writer produced: no generator field.
-    const { generator: _generator, ...oldConfig } = cfg;
+    const { generator: _generator, thresholds: _thresholds, ...oldConfig } = cfg;
     const path = join(dir, 'format1.json');
     await writeFile(path, JSON.stringify({ format: ZO_TRAJECTORY_FORMAT_V1, config: oldConfig, steps: opt.trajectory }));
     const loaded = await loadTrajectory(path);
     expect(loaded.format).toBe(ZO_TRAJECTORY_FORMAT);
     expect(loaded.config.generator).toBe('philox');
+    expect(loaded.config.thresholds).toBe('fixed');
     replayTrajectory(start, loaded.config, loaded.steps);
     expect(sameBits(start[0].data, tensors[0].data)).toBe(true);
   });

@@ -100,7 +100,12 @@ export interface ZerothOrderTrainOptions {
   argv: string[];
 }
 
-type ZerothOrderModule = { runZerothOrderTrain?: (opts: ZerothOrderTrainOptions) => Promise<unknown>; configSchema?: z.ZodTypeAny; summary?: string };
+type ZerothOrderModule = {
+  runZerothOrderTrain?: (opts: ZerothOrderTrainOptions) => Promise<unknown>;
+  configSchema?: z.ZodTypeAny;
+  summary?: string;
+  recipeHelp?: (method: 'mezo' | 'sparse-mezo') => string[];
+};
 
 async function printMethodHelp(name: string): Promise<void> {
   if (isZerothOrder(name)) {
@@ -112,6 +117,7 @@ async function printMethodHelp(name: string): Promise<void> {
     }
     const summary = mod.summary ?? 'zeroth-order (forward-only) training: perturbs the trainable tensors in place, memory at inference level';
     if (mod.configSchema) process.stdout.write(methodHelp(name, summary, mod.configSchema));
+    if (mod.recipeHelp) process.stdout.write(`\n${mod.recipeHelp(name as 'mezo' | 'sparse-mezo').join('\n')}\n`);
     else process.stdout.write(`Method ${name}: ${summary}\n\nIts config fields come with the zeroth-order trainer (src/zeroth-order/cli.ts), which this build does not include.\n`);
     return;
   }

@@ -1,0 +1,43 @@
+/** Small helpers the outcome parts share: seed statistics, formatting, shared paths. */
+import { join } from 'node:path';
+
+export const SHARED = join(import.meta.dirname, '..', '..', '..', 'shared');
+export const MODELS = { stories260K: join(SHARED, 'models', 'stories260K'), 'tinystories-656K': join(SHARED, 'models', 'tinystories-656K') } as const;
+export type ModelName = keyof typeof MODELS;
+export const DATA = join(SHARED, 'data');
+
+/** Mean and sample standard deviation. */
+export function meanStd(xs: readonly number[]): { mean: number; std: number } {
+  const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
+  const std = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (xs.length - 1)) : 0;
+  return { mean, std };
+}
+
+/** "m ± s" with `d` decimals. */
+export function pm(xs: readonly number[], d = 3): string {
+  const { mean, std } = meanStd(xs);
+  return `${mean.toFixed(d)} ± ${std.toFixed(d)}`;
+}
+
+/** Seeds the outcome parts report over (OUTCOMES_SEEDS=1,2 to change). */
+export function seeds(): number[] {
+  const env = process.env.OUTCOMES_SEEDS;
+  return env ? env.split(',').map(Number) : [1, 2, 3];
+}
+
+/** The models to run (OUTCOMES_MODELS=stories260K to run one). */
+export function models(): ModelName[] {
+  const env = process.env.OUTCOMES_MODELS;
+  return env ? (env.split(',') as ModelName[]) : (Object.keys(MODELS) as ModelName[]);
+}
+
+/**
+ * A difference is called real only when its mean exceeds twice its standard error over the
+ * seeds (paired by seed); otherwise "within noise".
+ */
+export function verdict(a: readonly number[], b: readonly number[], lowerIsBetter = true): { diff: number; se: number; real: boolean; better: boolean } {
+  const d = a.map((x, i) => x - b[i]);
+  const { mean, std } = meanStd(d);
+  const se = std / Math.sqrt(d.length);
+  return { diff: mean, se, real: Math.abs(mean) > 2 * se && mean !== 0, better: lowerIsBetter ? mean < 0 : mean > 0 };
+}
