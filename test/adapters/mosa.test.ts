@@ -14,7 +14,7 @@ import { Graph } from '../../src/engine/ir.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { loadAdapter, saveAdapter } from '../../src/merge/adapter.js';
 import { numel } from '../../src/tensor.js';
-import { randomTokenExamples, sameBits } from '../helpers.js';
+import { randomTokenExamples, sameBits, sharedModelDir } from '../helpers.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
@@ -182,9 +182,9 @@ describe('MoSA training step and merge (tiny fixture)', () => {
   });
 });
 
-describe('MoSA on stories260K: with dropout 0 the modules diverge only through the split', () => {
-  it('K = 4: identical copies give two identical passes (KL exactly 0) until the split makes them differ; each module moves only its own entries. K = 1: the passes never differ', async () => {
-    const model = await CausalLM.load(bundledModelPath());
+describe('MoSA on both real checkpoints: with dropout 0 the modules diverge only through the split', () => {
+  it.each(['stories260K', 'tinystories-656K'] as const)('%s, K = 4: identical copies give two identical passes (KL exactly 0) until the split makes them differ; each module moves only its own entries. K = 1: the passes never differ', async (name) => {
+    const model = await CausalLM.load(sharedModelDir(name));
     const data = (await loadDataset(join(DATA, 'ud-pud', 'pud_en.txt'), model.tokenizer!, { seqLen: 32 })).slice(0, 64);
     const run = async (modules: number) => {
       const mosa = new MosaMethod(model, { modules, dropout: 0 });
