@@ -141,7 +141,6 @@ async function runLocked(opts: RunTrainingOptions): Promise<RunTrainingResult> {
       const g = trainer.stepsBefore + step;
       metrics?.eval(g, r, kind);
       progress?.message(`eval @ step ${g}: loss ${r.loss.toFixed(4)}  ppl ${r.ppl.toFixed(2)}  (${r.tokens} tokens)`);
-      // Only periodic evaluations count for stopping: step 0 is the baseline, the last one comes after training.
       // The baseline and periodic evaluations count for stopping; the one after training cannot.
       if (stopper && kind !== 'final') {
         const reason = stopper.update(g, r.loss);

@@ -5,6 +5,7 @@
  * (wasm never fuses or reorders float operations), so both give the same bits — the tests
  * compare them. Every routine works on one chunk held in the module's memory.
  */
+import { uleb } from '../util/leb128.js';
 
 /**
  * The wasm module, assembled by hand (no toolchain needed). In text form, with $abs(j) =
@@ -169,18 +170,7 @@ const UPDATE_BODY = [
 ];
 
 function section(id: number, payload: number[]): number[] {
-  return [id, ...unsignedLeb(payload.length), ...payload];
-}
-
-function unsignedLeb(value: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = value & 0x7f;
-    value >>>= 7;
-    if (value !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (value !== 0);
-  return out;
+  return [id, ...uleb(payload.length), ...payload];
 }
 
 const name = (s: string): number[] => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
@@ -200,7 +190,7 @@ const FUNCTIONS: [string, number[], number[], number[]][] = [
 function moduleBytes(): Uint8Array {
   const types = FUNCTIONS.flatMap(([, params, results]) => [0x60, params.length, ...params, results.length, ...results]);
   const exports = FUNCTIONS.flatMap(([fn], index) => [...name(fn), 0x00, index]);
-  const bodies = FUNCTIONS.flatMap(([, , , body]) => [...unsignedLeb(body.length), ...body]);
+  const bodies = FUNCTIONS.flatMap(([, , , body]) => [...uleb(body.length), ...body]);
   return new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
     ...section(1, [FUNCTIONS.length, ...types]),

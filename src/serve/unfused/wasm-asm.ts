@@ -4,36 +4,13 @@
  * locals are referred to by name. The module imports its memory as `env.memory`.
  */
 import { SparsetuneError } from '../../errors.js';
+import { uleb, sleb } from '../../util/leb128.js';
 
 export type WasmType = 'i32' | 'f32' | 'v128';
 const TYPE_CODE: Record<WasmType, number> = { i32: 0x7f, f32: 0x7d, v128: 0x7b };
 
 /** One instruction (or a few) as bytes; `local` entries are resolved by name at assembly. */
 export type Ins = number[] | { local: 'get' | 'set' | 'tee'; name: string };
-
-export function uleb(value: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = value & 0x7f;
-    value >>>= 7;
-    if (value !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (value !== 0);
-  return out;
-}
-
-export function sleb(value: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const byte = value & 0x7f;
-    value >>= 7;
-    if ((value === 0 && (byte & 0x40) === 0) || (value === -1 && (byte & 0x40) !== 0)) {
-      out.push(byte);
-      return out;
-    }
-    out.push(byte | 0x80);
-  }
-}
 
 const mem = (code: number[], align: number) => (offset = 0): number[] => [...code, align, ...uleb(offset)];
 const simd = (code: number): number[] => [0xfd, ...uleb(code)];
