@@ -19,6 +19,8 @@ export { composeHooks, matchesTarget, type LinearSite, type ModelHooks, type Res
 export { streamGenerate, generateIds, generateText, type GenerateOptions, type GenerationEvent, type GenerationResult, type FinishReason } from './models/generate.js';
 export { Sampler, StopStringMatcher, samplingOptionsSchema, type SamplingOptions } from './models/sampling.js';
 export { modelCost, type ModelCost } from './models/cost.js';
+export { WEIGHTS_DTYPES, parseWeightsDtype, lowerWeights, loweredBytes, type WeightsDtype, type LowPrecisionOptions, type LowPrecisionWeight } from './models/low-precision.js';
+export { runsUnfusedLowRank, lowRankHooks } from './merge/unfused-lowrank.js';
 
 // Training: the loop, methods, optimizers, runs with checkpoints/metrics/progress, evaluation.
 export * from './train/trainer.js';

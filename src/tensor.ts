@@ -1,5 +1,6 @@
 /** Host-side tensors: the JS-owned buffers that hold weights, inputs and results. */
-export type DType = 'f32' | 'f64' | 'i32' | 'i64' | 'bool' | 'u8';
+/** `f16`: IEEE half floats as raw bits (Uint16Array); only low-precision weight storage uses it. */
+export type DType = 'f32' | 'f64' | 'i32' | 'i64' | 'bool' | 'u8' | 'f16';
 
 export type TypedArrayFor<D extends DType> = D extends 'f32'
   ? Float32Array
@@ -9,9 +10,11 @@ export type TypedArrayFor<D extends DType> = D extends 'f32'
       ? Int32Array
       : D extends 'i64'
         ? BigInt64Array
-        : Uint8Array;
+        : D extends 'f16'
+          ? Uint16Array
+          : Uint8Array;
 
-export type AnyTypedArray = Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array;
+export type AnyTypedArray = Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array | Uint16Array;
 
 /** A dense row-major tensor in JS memory. */
 export interface HostTensor<D extends DType = DType> {

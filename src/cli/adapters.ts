@@ -13,6 +13,8 @@ import { loadAdapter } from '../merge/adapter.js';
 import { WeightPatcher } from '../merge/apply.js';
 import { checkFingerprint, fingerprintWeights } from '../merge/fingerprint.js';
 import type { Adapter } from '../merge/types.js';
+import { lowRankHooks, runsUnfusedLowRank } from '../merge/unfused-lowrank.js';
+import { WEIGHTS_DTYPES, type WeightsDtype } from '../models/low-precision.js';
 import { METHOD_NAMES, methodModule } from '../train/registry.js';
 import type { HostTensor } from '../tensor.js';
 import type { FlagSpec } from './args.js';
@@ -33,6 +35,14 @@ export const MODEL_FLAG: FlagSpec = { type: 'string', value: 'M', description: '
 export const APPLY_ADAPTER_FLAG: FlagSpec = { type: 'string', value: 'DIR', multiple: true, description: 'adapter to apply: a directory (sparsetune or PEFT LoRA) or a hub id (repeat to combine)' };
 /** `--force` of the inference commands: skip the base-fingerprint check. */
 export const FORCE_FLAG: FlagSpec = { type: 'boolean', description: 'apply adapters even if trained on other base weights' };
+
+/** `--weights-dtype` of the inference commands (generate, eval, logits, serve). */
+export const WEIGHTS_DTYPE_FLAG: FlagSpec = {
+  type: 'string',
+  value: 'T',
+  description: `store the linear weights as ${WEIGHTS_DTYPES.join(' | ')}: less memory, faster decode for int8/int4, logits no longer exact (docs/performance.md); LoRA adapters then run unfused in f32, others are fused before lowering`,
+  default: 'f32',
+};
 
 /** `--model` as given, or the model bundled with the package. */
 export function modelRef(flag: string | undefined): string {
@@ -74,8 +84,15 @@ async function hooksFor(method: string): Promise<AdapterHooksFn | undefined> {
   }
 }
 
-/** Load adapter directories (sparsetune or PEFT) and apply them to `model` (fused in place, or as hooks). */
-export async function applyAdapters(model: CausalLM, dirs: readonly string[], opts: { force?: boolean; log: Log }): Promise<AppliedAdapters> {
+/**
+ * Load adapter directories (sparsetune or PEFT) and apply them to `model` (fused in place, or
+ * as hooks). `weightsDtype` (other than f32): afterwards store the model's linear weights in
+ * that precision; low-rank adapters then run as f32 hooks beside the lowered layers instead of
+ * being fused (fusing would round their delta to the base's precision), and the others are
+ * fused into the f32 weights before those are lowered.
+ */
+export async function applyAdapters(model: CausalLM, dirs: readonly string[], opts: { force?: boolean; log: Log; weightsDtype?: WeightsDtype }): Promise<AppliedAdapters> {
+  const lower = opts.weightsDtype !== undefined && opts.weightsDtype !== 'f32';
   const baseFingerprint = fingerprintWeights(model.weights);
   const patcher = new WeightPatcher(model.weights, { fingerprint: baseFingerprint });
   const shapes = new Map([...model.weights].map(([k, v]) => [k, v.shape]));
@@ -92,7 +109,14 @@ export async function applyAdapters(model: CausalLM, dirs: readonly string[], op
       opts.log(`warning: ${dir} was trained on other base weights; applying it anyway (--force)`);
     }
     const unfused = await hooksFor(adapter.meta.method);
-    if (unfused) {
+    if (!unfused && lower && runsUnfusedLowRank(model, adapter)) {
+      checkFingerprint(adapter, baseFingerprint, { force: opts.force });
+      const { hooks, feeds: f } = lowRankHooks(model, adapter, `adapter${k}`);
+      hookSets.push(hooks);
+      Object.assign(feeds, f);
+      unfusedDirs.push(dir);
+      opts.log(`adapter ${dir}: ${adapter.meta.method} (${adapter.meta.kind}), unfused in f32 beside the ${opts.weightsDtype} base`);
+    } else if (unfused) {
       checkFingerprint(adapter, baseFingerprint, { force: opts.force });
       const { hooks, feeds: f } = await unfused(model, adapter);
       hookSets.push(hooks);
@@ -101,8 +125,12 @@ export async function applyAdapters(model: CausalLM, dirs: readonly string[], op
       opts.log(`adapter ${dir}: ${adapter.meta.method} (${adapter.meta.kind}), unfused`);
     } else {
       patcher.apply(adapter, { force: opts.force, fingerprint: baseFingerprint });
-      opts.log(`adapter ${dir}: ${adapter.meta.method} (${adapter.meta.kind}), fused`);
+      opts.log(`adapter ${dir}: ${adapter.meta.method} (${adapter.meta.kind}), fused${lower ? ` (before the weights are stored as ${opts.weightsDtype})` : ''}`);
     }
+  }
+  if (lower) {
+    model.setWeightsDtype(opts.weightsDtype!);
+    opts.log(`linear weights stored as ${opts.weightsDtype}`);
   }
   return {
     adapters,

@@ -119,7 +119,10 @@ export class Graph {
   /** The outermost graph (names are unique across a graph and all its subgraphs). */
   readonly root: Graph;
   readonly inputs: Value[] = [];
-  readonly constants: { value: Value; tensor: HostTensor }[] = [];
+  /** `external`: the data is not embedded in the model bytes but handed to onnxruntime in memory under this location name. */
+  readonly constants: { value: Value; tensor: HostTensor; external?: string }[] = [];
+  /** Buffers of external constants by location (root graph only), given to the session at creation. */
+  readonly externalData = new Map<string, Uint8Array>();
   readonly nodes: Node[] = [];
   readonly outputs: { name: string; value: Value }[] = [];
   readonly symbols = new Map<string, SymbolSource>();
@@ -182,6 +185,29 @@ export class Graph {
   constant(tensor: HostTensor, hint = 'const'): Value {
     const v = new Value(this, this.nextValueId++, tensor.dtype, [...tensor.shape], null, 'const', this.uniqueName(hint));
     this.constants.push({ value: v, tensor });
+    return v;
+  }
+
+  /**
+   * A large constant kept outside the model bytes (quantized weights): onnxruntime gets the
+   * buffer in memory at session creation (`externalData`) and may prepack it, which it does
+   * for constant inputs only. `location` names the buffer and must be unique per content:
+   * the session cache keys graphs by their bytes, which hold the name, not the data. The
+   * same location used twice in a graph is one constant.
+   */
+  externalConstant(tensor: HostTensor, location: string): Value {
+    const key = `external:${location}`;
+    const hit = this.memo.get(key);
+    if (hit) return hit;
+    const bytes = new Uint8Array(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength);
+    const known = this.root.externalData.get(location);
+    if (!known) this.root.externalData.set(location, bytes);
+    else if (known.buffer !== bytes.buffer || known.byteOffset !== bytes.byteOffset || known.byteLength !== bytes.byteLength) {
+      throw new SparsetuneError('BAD_GRAPH', `external constant '${location}' is bound to two different buffers`);
+    }
+    const v = new Value(this, this.nextValueId++, tensor.dtype, [...tensor.shape], null, 'const', this.uniqueName(location.replace(/[^A-Za-z0-9_]/g, '_')));
+    this.constants.push({ value: v, tensor, external: location });
+    this.memo.set(key, v);
     return v;
   }
 

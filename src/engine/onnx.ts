@@ -8,7 +8,7 @@ const { onnx } = onnxProto;
 
 export const OPSET = 18;
 
-const ELEM: Record<DType, number> = { f32: 1, u8: 2, i32: 6, i64: 7, bool: 9, f64: 11 };
+const ELEM: Record<DType, number> = { f32: 1, u8: 2, i32: 6, i64: 7, bool: 9, f16: 10, f64: 11 };
 
 export function onnxElemType(d: DType): number {
   return ELEM[d];
@@ -17,6 +17,16 @@ export function onnxElemType(d: DType): number {
 export function tensorProto(name: string, t: HostTensor): onnxProto.onnx.ITensorProto {
   const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   return { name, dims: t.shape, dataType: ELEM[t.dtype], rawData: bytes };
+}
+
+/** An initializer whose data onnxruntime reads from the in-memory buffer named `location`. */
+function externalTensorProto(name: string, t: HostTensor, location: string): onnxProto.onnx.ITensorProto {
+  const externalData = [
+    { key: 'location', value: location },
+    { key: 'offset', value: '0' },
+    { key: 'length', value: String(t.data.byteLength) },
+  ];
+  return { name, dims: t.shape, dataType: ELEM[t.dtype], dataLocation: onnx.TensorProto.DataLocation.EXTERNAL, externalData };
 }
 
 function valueInfo(v: Value, name: string, withShape: boolean): onnxProto.onnx.IValueInfoProto {
@@ -63,7 +73,9 @@ function graphProto(g: Graph): onnxProto.onnx.IGraphProto {
   if (g.outputs.length === 0) throw new SparsetuneError('BAD_GRAPH', `graph '${g.name}' has no outputs; call graph.output(name, value)`);
   const live = liveSet(g);
   const nodes: onnxProto.onnx.INodeProto[] = [];
-  const initializers: onnxProto.onnx.ITensorProto[] = g.constants.filter((c) => live.has(c.value.id)).map((c) => tensorProto(c.value.name, c.tensor));
+  const initializers: onnxProto.onnx.ITensorProto[] = g.constants
+    .filter((c) => live.has(c.value.id))
+    .map((c) => (c.external ? externalTensorProto(c.value.name, c.tensor, c.external) : tensorProto(c.value.name, c.tensor)));
   const prefix = g.parent ? `${g.name}/` : '';
   // An output computed by an ordinary node takes the output's name directly (no Identity copy),
   // so onnxruntime writes it straight into a caller-bound buffer. Values that are outputs
@@ -119,12 +131,36 @@ function domainsOf(gp: onnxProto.onnx.IGraphProto, into = new Set<string>()): Se
   return into;
 }
 
+/** External data locations used by the initializers of a graph and its subgraphs. */
+function externalsOf(gp: onnxProto.onnx.IGraphProto, into = new Set<string>()): Set<string> {
+  for (const t of gp.initializer ?? []) {
+    const loc = t.externalData?.find((e) => e.key === 'location')?.value;
+    if (loc) into.add(loc);
+  }
+  for (const n of gp.node ?? []) for (const a of n.attribute ?? []) if (a.g) externalsOf(a.g, into);
+  return into;
+}
+
 /**
  * Build the ONNX bytes for a graph. Only nodes that some output depends on are emitted.
  * Outputs carry only an element type: ORT infers their shapes.
  */
 export function toOnnx(g: Graph): Uint8Array {
+  return toOnnxModel(g).bytes;
+}
+
+/** The ONNX bytes and the in-memory buffers of the external constants they use (`Graph.externalConstant`). */
+export function toOnnxModel(g: Graph): { bytes: Uint8Array; externals: { path: string; data: Uint8Array }[] } {
   const graph = graphProto(g);
+  const externals = [...externalsOf(graph)].map((path) => {
+    const data = g.root.externalData.get(path);
+    if (!data) throw new SparsetuneError('BAD_GRAPH', `external constant '${path}' has no buffer`);
+    return { path, data };
+  });
+  return { bytes: encodeModel(graph), externals };
+}
+
+function encodeModel(graph: onnxProto.onnx.IGraphProto): Uint8Array {
   const model: onnxProto.onnx.IModelProto = {
     irVersion: 8,
     producerName: 'sparsetune',

@@ -9,7 +9,7 @@ import ort from 'onnxruntime-node';
 import { SparsetuneError } from '../errors.js';
 import { numel, type DType, type HostTensor } from '../tensor.js';
 import type { Graph, Value } from './ir.js';
-import { toOnnx } from './onnx.js';
+import { toOnnxModel } from './onnx.js';
 import { SessionCache, type CachedSession, type SessionCacheStats } from './session-cache.js';
 
 export interface RuntimeOptions {
@@ -52,8 +52,8 @@ export interface RuntimeOptions {
   memPattern?: boolean;
 }
 
-const ORT_TYPE: Record<DType, ort.Tensor.Type> = { f32: 'float32', f64: 'float64', i32: 'int32', i64: 'int64', bool: 'bool', u8: 'uint8' };
-const FROM_ORT: Partial<Record<string, DType>> = { float32: 'f32', float64: 'f64', int32: 'i32', int64: 'i64', bool: 'bool', uint8: 'u8' };
+const ORT_TYPE: Record<DType, ort.Tensor.Type> = { f32: 'float32', f64: 'float64', i32: 'int32', i64: 'int64', bool: 'bool', u8: 'uint8', f16: 'float16' };
+const FROM_ORT: Partial<Record<string, DType>> = { float32: 'f32', float64: 'f64', int32: 'i32', int64: 'i64', bool: 'bool', uint8: 'u8', float16: 'f16' };
 
 /** A compiled graph: run it with feeds keyed by input name. */
 export class CompiledGraph {
@@ -187,7 +187,7 @@ export class Runtime {
 
   /** Compile (or fetch from cache) the session for a graph. */
   compile(g: Graph): Promise<CompiledGraph> {
-    const bytes = toOnnx(g);
+    const { bytes, externals } = toOnnxModel(g);
     const key = createHash('sha256').update(bytes).digest('hex');
     let p = this.cache.get(key);
     if (p) {
@@ -195,7 +195,7 @@ export class Runtime {
       this.cache.delete(key);
       this.cache.set(key, p);
     } else {
-      p = this.create(bytes, g);
+      p = this.create(bytes, g, externals);
       this.cache.set(key, p);
       p.catch(() => this.cache.delete(key));
       for (const old of this.cache.keys()) {
@@ -206,7 +206,7 @@ export class Runtime {
     return p;
   }
 
-  private async create(bytes: Uint8Array, g: Graph): Promise<CompiledGraph> {
+  private async create(bytes: Uint8Array, g: Graph, externals: { path: string; data: Uint8Array }[]): Promise<CompiledGraph> {
     let native: ort.InferenceSession;
     const options: ort.InferenceSession.SessionOptions = {
       executionProviders: this.executionProviders,
@@ -219,6 +219,7 @@ export class Runtime {
       enableMemPattern: this.memPattern ?? !g.differentiated,
       ...(this.profilePrefix ? { enableProfiling: true, profileFilePrefix: this.profilePrefix } : {}),
       ...(this.spinning ? {} : { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
+      ...(externals.length ? { externalData: externals } : {}),
     };
     try {
       native = await ort.InferenceSession.create(bytes, options);
@@ -226,7 +227,9 @@ export class Runtime {
       throw new SparsetuneError('RUNTIME', `onnxruntime rejected the graph '${g.name}': ${(e as Error).message}`, { cause: e });
     }
     // Kept in the bounded session cache; rebuilt from the same bytes and options if evicted.
-    const session = this.sessions.add(native, bytes.length, () => ort.InferenceSession.create(bytes, options));
+    // External constants (quantized weights) are copied and prepacked by the session: count them.
+    const size = externals.reduce((n, e) => n + e.data.byteLength, bytes.length);
+    const session = this.sessions.add(native, size, () => ort.InferenceSession.create(bytes, options));
     const used = new Set(session.inputNames);
     const inputs = g.inputs.filter((v: Value) => used.has(v.name)).map((v) => ({ name: v.name, dtype: v.dtype, shape: v.shape }));
     return new CompiledGraph(session, inputs, [...session.outputNames]);

@@ -229,12 +229,13 @@ function storedDType(name: string, t: HostTensor, requested: 'F32' | 'F16' | 'BF
     case 'i64': return 'I64';
     case 'u8': return 'U8';
     case 'bool': return 'BOOL';
+    case 'f16': return 'F16';
   }
 }
 
 function payloadBytes(t: HostTensor, dtype: SafetensorsDType): Uint8Array {
   let view: ArrayBufferView = t.data;
-  if (dtype === 'F16') view = encodeF16(t.data as Float32Array);
+  if (dtype === 'F16' && t.dtype !== 'f16') view = encodeF16(t.data as Float32Array);
   else if (dtype === 'BF16') view = encodeBF16(t.data as Float32Array);
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
 }

@@ -61,6 +61,7 @@ export interface OnnxExportResult {
 
 /** Build the transformers.js-shaped inference graph (weights still graph inputs). */
 export function buildExportGraph(model: CausalLM, hooks: ModelHooks = {}): { graph: Graph; dataInputs: Set<string> } {
+  model.requireF32('ONNX export (the file holds fp32 weights)');
   const g = new Graph(`${model.config.modelType}-transformersjs`);
   const ids = g.input('input_ids', 'i64', ['batch_size', 'sequence_length']);
   const attention = g.input('attention_mask', 'i64', ['batch_size', 'total']);

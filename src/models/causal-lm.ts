@@ -22,6 +22,7 @@ import type { LinearSite, ModelHooks } from './hooks.js';
 import { causalMask, rangePositions, stepMask, stepPositions } from './masks.js';
 import { planWeights } from './param-shapes.js';
 import { architectureOf } from './registry.js';
+import { lowerWeights, lowPrecisionLinear, type LowPrecisionOptions, type LowPrecisionWeight, type WeightsDtype } from './low-precision.js';
 
 export interface BuiltGraph {
   graph: Graph;
@@ -63,6 +64,12 @@ export interface KvCache {
 export class CausalLM {
   readonly arch: Architecture;
   private siteList: LinearSite[];
+  private dtype: WeightsDtype = 'f32';
+  /** Lowered linear weights by site name (empty in f32). */
+  private lowp = new Map<string, LowPrecisionWeight>();
+  private lowpOpts: LowPrecisionOptions = {};
+  /** Weight names whose f32 values were released by `setWeightsDtype`. */
+  private released = new Set<string>();
 
   constructor(
     readonly config: ModelConfig,
@@ -81,10 +88,51 @@ export class CausalLM {
     this.siteList = this.arch.sites(config);
   }
 
-  /** Load a HF model directory or a hub id (cached, or downloaded unless offline; `progressCallback` reports the download). */
-  static async load(ref: string, opts: { runtime?: Runtime } & ResolveOptions = {}): Promise<CausalLM> {
-    const { runtime, ...resolve } = opts;
-    return CausalLM.fromLoaded(await loadModel(ref, { planWeights, ...resolve }), runtime);
+  /**
+   * Load a HF model directory or a hub id (cached, or downloaded unless offline;
+   * `progressCallback` reports the download). `weightsDtype` other than f32 stores the
+   * linear weights in lower precision right after loading (`setWeightsDtype`).
+   */
+  static async load(ref: string, opts: { runtime?: Runtime; weightsDtype?: WeightsDtype } & LowPrecisionOptions & ResolveOptions = {}): Promise<CausalLM> {
+    const { runtime, weightsDtype, blockSize, accuracyLevel, ...resolve } = opts;
+    const model = CausalLM.fromLoaded(await loadModel(ref, { planWeights, ...resolve }), runtime);
+    if (weightsDtype && weightsDtype !== 'f32') model.setWeightsDtype(weightsDtype, { blockSize, accuracyLevel });
+    return model;
+  }
+
+  /** How the linear weights are stored: 'f32' (default) unless `setWeightsDtype` lowered them. */
+  get weightsDtype(): WeightsDtype {
+    return this.dtype;
+  }
+
+  /**
+   * Store every Linear weight (attention, MLP, LM head) as f16, int8 or int4 (see
+   * models/low-precision.ts) for inference, and release their f32 values: memory drops to
+   * about 0.5x / 0.28x / 0.16x for those weights. Irreversible; call it before running the
+   * model (graphs compiled before are dropped). Adapters that must be fused go in first
+   * (fuse, then lower); adapters running unfused (hooks) stay f32. Training, merging and
+   * in-place patching need f32 weights and refuse a lowered model.
+   */
+  setWeightsDtype(dtype: WeightsDtype, opts: LowPrecisionOptions = {}): void {
+    if (dtype === this.dtype) return;
+    if (this.dtype !== 'f32') throw new SparsetuneError('BAD_ARGUMENT', `the weights are already stored as ${this.dtype}; load the model again for ${dtype}`);
+    const { lowered, released } = lowerWeights(this.siteList, this.weights, dtype as Exclude<WeightsDtype, 'f32'>, { ...opts, tiedHead: this.config.tieWordEmbeddings });
+    this.lowp = lowered;
+    this.lowpOpts = opts;
+    for (const name of released) {
+      this.weights.delete(name);
+      this.released.add(name);
+    }
+    this.dtype = dtype;
+    this.inferCache = new WeakMap();
+    this.lossCache = new WeakMap();
+  }
+
+  /** Throw unless the weights are f32 (what training, merging and in-place patching need). */
+  requireF32(what: string): void {
+    if (this.dtype !== 'f32') {
+      throw new SparsetuneError('BAD_ARGUMENT', `${what} needs the f32 weights, but this model stores its linear weights as ${this.dtype}; load it without --weights-dtype (weightsDtype 'f32')`);
+    }
   }
 
   static fromLoaded(m: LoadedModel, runtime?: Runtime): CausalLM {
@@ -163,6 +211,7 @@ export class CausalLM {
     let v = raw.get(name);
     if (!v) {
       const w = this.weights.get(name);
+      if (!w && this.released.has(name)) this.requireF32(`reading parameter '${name}' in a graph`);
       if (!w) throw new SparsetuneError('BAD_CONFIG', `parameter '${name}' is not in the model weights`);
       v = g.input(name, 'f32', w.shape);
       raw.set(name, v);
@@ -172,6 +221,15 @@ export class CausalLM {
 
   private context(g: Graph, hooks: ModelHooks, head?: LmHeadUse): BuildContext {
     const params = new Map<string, Value>();
+    const lowInputs = new Map<string, Value>();
+    const probes = new Map<string, Value>();
+    /** A lowered weight cannot go through a hook that transforms base parameters (masks, S2FT): check none does. */
+    const checkUntransformed = (s: LinearSite) => {
+      if (!hooks.param) return;
+      let probe = probes.get(s.weightName);
+      if (!probe) probes.set(s.weightName, (probe = g.input(`probe:${s.weightName}`, 'f32', [s.outFeatures, s.inFeatures])));
+      if (hooks.param(s.weightName, probe, g) !== probe) this.requireF32(`a hook that transforms '${s.weightName}'`);
+    };
     const param = (name: string): Value => {
       let v = params.get(name);
       if (!v) {
@@ -183,6 +241,11 @@ export class CausalLM {
     };
     const site = (s: LinearSite, x: Value): Value => {
       const base = (xx: Value): Value => {
+        const low = this.lowp.get(s.name);
+        if (low) {
+          checkUntransformed(s);
+          return lowPrecisionLinear(s, low, xx, s.biasName ? param(s.biasName) : undefined, g, lowInputs, this.lowpOpts);
+        }
         const w = param(s.weightName);
         const b = s.biasName ? param(s.biasName) : undefined;
         if (s.layout === 'out_in') return linear(xx, w, b);
@@ -191,7 +254,7 @@ export class CausalLM {
         const y2 = gemm(reshape(xx, [mulDims(lead), s.inFeatures]), w, { c: b });
         return reshape(y2, [...lead, s.outFeatures]);
       };
-      if (!head || s.kind !== 'lm_head' || s.layout !== 'out_in' || s.biasName || x.rank !== 3) return hooks.linear ? hooks.linear(s, x, base, g) : base(x);
+      if (!head || s.kind !== 'lm_head' || s.layout !== 'out_in' || s.biasName || x.rank !== 3 || this.lowp.has(s.name)) return hooks.linear ? hooks.linear(s, x, base, g) : base(x);
       // Record a plain LM head (no linear hook changed it) so the loss can be chunked.
       let seen: { x: Value; y: Value } | undefined;
       const recording = (xx: Value): Value => {
@@ -213,7 +276,7 @@ export class CausalLM {
   feeds(compiled: CompiledGraph, extra: Record<string, HostTensor>): Record<string, HostTensor> {
     const out: Record<string, HostTensor> = {};
     for (const spec of compiled.inputs) {
-      const t = extra[spec.name] ?? this.weights.get(spec.name);
+      const t = extra[spec.name] ?? this.weights.get(spec.name) ?? this.lowFeed(spec.name);
       if (!t && isNoiseInput(spec.name)) {
         throw new SparsetuneError('BAD_FEED', `graph input '${spec.name}' is seeded dropout noise: the Trainer feeds it; to run a training graph yourself add noiseFeeds() (src/train/noise-feeds.ts), or build with the method's 'eval' hooks`);
       }
@@ -221,6 +284,12 @@ export class CausalLM {
       out[spec.name] = t;
     }
     return out;
+  }
+
+  private lowFeed(name: string): HostTensor | undefined {
+    if (!name.startsWith('f16:')) return undefined;
+    for (const lw of this.lowp.values()) if (lw.kind === 'f16' && lw.input === name) return lw.tensor;
+    return undefined;
   }
 
   /** Data feeds of a training batch (shifted targets, positions, causal mask). */

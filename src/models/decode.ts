@@ -27,7 +27,8 @@ export interface DecodeSessionOptions {
   mode?: 'auto' | 'shared' | 'concat';
 }
 
-const compiledByModel = new WeakMap<CausalLM, WeakMap<ModelHooks, Promise<CompiledGraph>>>();
+/** Per model (and its weights' storage: `setWeightsDtype` changes the graph), per hook set. */
+const compiledByModel = new WeakMap<CausalLM, { dtype: string; graphs: WeakMap<ModelHooks, Promise<CompiledGraph>> }>();
 const NO_HOOKS: ModelHooks = {};
 
 /** Whether the in-place (GroupQueryAttention) path serves this model. */
@@ -39,11 +40,11 @@ export function sharedCacheSupported(model: CausalLM): boolean {
 /** The decode graph: logits of `logit_rows` only, caches in and out through GroupQueryAttention. */
 function decodeGraph(model: CausalLM, hooks: ModelHooks): Promise<CompiledGraph> {
   let perModel = compiledByModel.get(model);
-  if (!perModel) compiledByModel.set(model, (perModel = new WeakMap()));
-  let p = perModel.get(hooks);
+  if (!perModel || perModel.dtype !== model.weightsDtype) compiledByModel.set(model, (perModel = { dtype: model.weightsDtype, graphs: new WeakMap() }));
+  let p = perModel.graphs.get(hooks);
   if (p) return p;
   p = model.runtime.compile(buildDecodeGraph(model, hooks));
-  perModel.set(hooks, p);
+  perModel.graphs.set(hooks, p);
   return p;
 }
 

@@ -110,6 +110,8 @@ function holdAdapterMemory(registry: AdapterRegistry, swapper: Swapper, store: U
 export async function createServer(opts: ServerOptions): Promise<SparsetuneServer> {
   const log = opts.log ?? (() => {});
   const model = typeof opts.model === 'string' ? await CausalLM.load(opts.model) : opts.model;
+  // The server fuses adapters into the base weights and reverts them bit for bit: f32 only.
+  model.requireF32('serving (adapters are fused into the base weights and reverted exactly)');
   const fingerprint = fingerprintWeights(model.weights);
   const shapes = new Map([...model.weights].map(([n, t]) => [n, t.shape]));
   const memoryBudgetMb = opts.memoryBudgetMb ?? 1024;

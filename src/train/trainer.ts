@@ -150,6 +150,7 @@ export class Trainer {
     cfg: TrainerConfigInput = {},
     readonly callbacks: TrainerCallbacks = {},
   ) {
+    model.requireF32('training');
     const parsed = trainerConfigSchema.safeParse(cfg);
     if (!parsed.success) throw new SparsetuneError('BAD_CONFIG', `trainer config: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
     this.cfg = parsed.data;

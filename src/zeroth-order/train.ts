@@ -139,6 +139,7 @@ export class ZerothOrderTrainer {
    * checked against the originals on disk first, since the export is computed against them.
    */
   static async create(model: CausalLM, opts: ZoTrainOptions, callbacks: TrainerCallbacks = {}): Promise<ZerothOrderTrainer> {
+    model.requireF32('zeroth-order training');
     const { adapter, baseDir, ...settings } = opts;
     const config = resolveZoTrainConfig(settings);
     // Before any step: later calls get this cached value (see fingerprintWeights).

@@ -3,7 +3,8 @@ import { SparsetuneError } from '../../errors.js';
 import { loadDataset } from '../../io/datasets.js';
 import { evaluateLoss } from '../../train/evaluation.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG } from '../adapters.js';
+import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG, WEIGHTS_DTYPE_FLAG } from '../adapters.js';
+import { WEIGHTS_DTYPES } from '../../models/low-precision.js';
 import { countProgress, log, printJson } from '../output.js';
 import { accuracy, candidateLabels, readLabelledRows } from '../classify-data.js';
 
@@ -19,6 +20,7 @@ export const spec: CommandSpec = {
     'batch-size': { type: 'string', value: 'N', description: 'examples per batch', default: '8' },
     'max-batches': { type: 'string', value: 'N', description: 'evaluate at most N batches (0 = all)', default: '0' },
     force: FORCE_FLAG,
+    'weights-dtype': WEIGHTS_DTYPE_FLAG,
     classify: { type: 'boolean', description: 'also score {"prompt","completion"|"label"} rows by log-likelihood and add "accuracy"' },
     labels: { type: 'string', value: 'LIST', description: 'with --classify: comma-separated candidate labels', default: 'the distinct labels in --data' },
   },
@@ -34,13 +36,14 @@ export async function run(argv: string[]): Promise<void> {
   const maxBatches = f.int('max-batches', { min: 0 }, 0)!;
   if (f.has('labels') && !f.bool('classify')) throw new UsageError('eval', '--labels only applies with --classify');
   const labelsFlag = (f.str('labels') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const weightsDtype = f.choice('weights-dtype', WEIGHTS_DTYPES, 'f32')!;
   const model = await loadCliModel(f.str('model'), log);
   const maxPos = model.config.maxPositionEmbeddings;
   const seqLen = seqLenFlag ?? Math.min(128, maxPos);
   if (seqLen > maxPos) throw new UsageError('eval', `--seq-len ${seqLen} exceeds the model's max_position_embeddings (${maxPos})`);
   if (!model.tokenizer) throw new SparsetuneError('BAD_ARGUMENT', `${model.source} has no tokenizer.json, so ${data} cannot be tokenized`);
   const examples = await loadDataset(data, model.tokenizer, { seqLen, onWarning: (m) => log(`warning: ${m}`) });
-  const applied = await applyAdapters(model, f.list('adapter'), { force: f.bool('force'), log });
+  const applied = await applyAdapters(model, f.list('adapter'), { force: f.bool('force'), log, weightsDtype });
   const r = await evaluateLoss(model, examples, { batchSize, maxBatches, hooks: applied.hooks, extraFeeds: applied.extraFeeds, onBatch: countProgress('eval batch') });
   if (!f.bool('classify')) return printJson({ loss: r.loss, ppl: r.ppl, tokens: r.tokens });
   const rows = await readLabelledRows(data);

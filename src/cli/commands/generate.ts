@@ -2,7 +2,8 @@
 import { SparsetuneError } from '../../errors.js';
 import { streamGenerate } from '../../models/generate.js';
 import { formatHelp, parseCommand, UsageError, wantsHelp, type CommandSpec } from '../args.js';
-import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG } from '../adapters.js';
+import { APPLY_ADAPTER_FLAG, applyAdapters, FORCE_FLAG, loadCliModel, MODEL_FLAG, WEIGHTS_DTYPE_FLAG } from '../adapters.js';
+import { WEIGHTS_DTYPES } from '../../models/low-precision.js';
 import { log } from '../output.js';
 
 export const spec: CommandSpec = {
@@ -22,6 +23,7 @@ export const spec: CommandSpec = {
     stop: { type: 'string', value: 'S', multiple: true, description: 'stop when this text appears (repeatable)' },
     echo: { type: 'boolean', description: 'print the prompt before the continuation' },
     force: FORCE_FLAG,
+    'weights-dtype': WEIGHTS_DTYPE_FLAG,
   },
 };
 
@@ -39,13 +41,14 @@ export async function run(argv: string[]): Promise<void> {
     seed: f.int('seed', { min: 0 }),
     stop: f.list('stop'),
   };
+  const weightsDtype = f.choice('weights-dtype', WEIGHTS_DTYPES, 'f32')!;
   const model = await loadCliModel(f.str('model'), log);
   if (!model.tokenizer) throw new SparsetuneError('BAD_ARGUMENT', `${model.source} has no tokenizer.json; generate needs one to encode the prompt and decode the output`);
   const ids = model.tokenizer.encode(prompt);
   if (ids.length === 0) throw new UsageError('generate', '--prompt encodes to no tokens; give some text');
   const room = model.config.maxPositionEmbeddings - ids.length;
   if (room < 1) throw new UsageError('generate', `--prompt has ${ids.length} tokens, which fills the model's context (${model.config.maxPositionEmbeddings})`);
-  const applied = await applyAdapters(model, f.list('adapter'), { force: f.bool('force'), log });
+  const applied = await applyAdapters(model, f.list('adapter'), { force: f.bool('force'), log, weightsDtype });
   const maxNewTokens = Math.min(opts.maxNewTokens ?? model.generation.maxNewTokens ?? 64, room);
   if (f.bool('echo')) process.stdout.write(prompt);
   const it = streamGenerate(model, [ids], { ...opts, maxNewTokens, hooks: applied.hooks, extraFeeds: applied.extraFeeds });

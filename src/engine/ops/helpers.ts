@@ -18,6 +18,8 @@ function typed(dtype: DType, values: number[]): HostTensor {
     case 'bool':
     case 'u8':
       return { dtype, shape: [], data: Uint8Array.from(values) };
+    case 'f16':
+      throw new SparsetuneError('DTYPE_MISMATCH', 'f16 constants are not supported (f16 is a weight storage type only)');
   }
 }
 
