@@ -11,7 +11,8 @@
  *
  * Env: SPARSETUNE_THREADS (2), BENCH_ROUNDS (3), BENCH_DECODE_TOKENS (128), BENCH_PROMPT (128),
  * BENCH_PREFILL (256), BENCH_SCALE=1 adds SmolLM-135M and Qwen2.5-0.5B geometries (random
- * weights; checks free memory first), BENCH_LLAMACPP=0 skips llama.cpp.
+ * weights; checks free memory first), BENCH_LLAMACPP=0 skips llama.cpp, BENCH_PRECISION=0 skips
+ * the lower-precision rows (bench/precision.ts: f32 / f16 / int8 / int4 base weights).
  */
 import { freemem } from 'node:os';
 import { Graph } from '../src/engine/ir.js';
@@ -22,6 +23,7 @@ import { CausalLM } from '../src/models/causal-lm.js';
 import { DecodeSession } from '../src/models/decode.js';
 import { LLAMA_135M, LLAMA_38M, QWEN_05B, randomModel } from '../src/models/random.js';
 import { measureLlamaCpp, type LlamaCppResult } from './llamacpp.js';
+import { measurePrecisions, type PrecisionRow } from './precision.js';
 import { table, writeResults } from './util.js';
 
 const threads = Number(process.env.SPARSETUNE_THREADS ?? 2);
@@ -148,6 +150,19 @@ if (process.env.BENCH_SCALE === '1') {
   }
 }
 
+const precision: { name: string; rows: PrecisionRow[] }[] = [];
+if (process.env.BENCH_PRECISION !== '0') {
+  const popts = { rounds, decodeTokens, promptLen, prefillLen };
+  const cases: [string, () => Promise<CausalLM> | CausalLM][] = [
+    ['stories260K', () => CausalLM.load(bundledModelPath(), { runtime })],
+    ['llama 38.7M (random, untied; issue shapes)', () => randomModel(LLAMA_38M, { runtime, seed: 1 })],
+  ];
+  if (process.env.BENCH_SCALE === '1' && freemem() / 2 ** 30 > 4) cases.push(['SmolLM-135M geometry (random)', () => randomModel(LLAMA_135M, { runtime, seed: 1 })]);
+  for (const [name, make] of cases) {
+    precision.push({ name, rows: await measurePrecisions(make, { ...popts, log: (m) => console.error(`[models] precision ${name} ${m}`) }) });
+  }
+}
+
 const bound = (bw: number, r: ModelRow) => (bw * 1e9) / r.weightBytesPerToken;
 const rows = results.map((r) => [
   r.name,
@@ -188,5 +203,38 @@ const md = [
   '### llama.cpp (node-llama-cpp, F32 GGUF of the same weights)',
   '',
   table(['model', 'llama.cpp threads', 'llama.cpp decode tok/s', 'session decode / llama.cpp', 'llama.cpp prefill tok/s', 'session prefill / llama.cpp', 'logit check: max abs diff'], cppRows),
+  ...(precision.length ? ['', precisionTable()] : []),
 ].join('\n');
-writeResults('models', { threads, copyBandwidthGBs: copyBw, readBandwidthGBs: readBw, results }, md);
+writeResults('models', { threads, copyBandwidthGBs: copyBw, readBandwidthGBs: readBw, results, precision }, md);
+
+function precisionTable(): string {
+  const rows: (string | number)[][] = [];
+  for (const { name, rows: ps } of precision) {
+    const f32 = ps[0];
+    for (const p of ps) {
+      rows.push([
+        name,
+        p.dtype,
+        p.weightBytes / 1e6,
+        p.rssDeltaBytes / 1e6,
+        p.decode1,
+        p.decode1 / f32.decode1,
+        p.decode1 / ((readBw * 1e9) / p.bytesPerToken),
+        p.decode8,
+        p.decode8 / f32.decode8,
+        p.prefill,
+        p.prefill / f32.prefill,
+        p.dtype === 'f32' ? `0 (largest logit ${p.maxLogit.toFixed(1)})` : p.maxLogitErr.toExponential(2),
+      ]);
+    }
+  }
+  return [
+    '### Lower-precision base weights (`--weights-dtype`, side by side, alternating rounds)',
+    '',
+    'Linear weights (attention, MLP, LM head) stored as f16 (cast to f32 per run) or int8 / int4 (onnxruntime MatMulNBits, blocks of 32, int8 activations); embeddings and norms stay f32. ' +
+      '"RSS added" = resident memory grown by building that copy and compiling its decode graph (after GC; onnxruntime prepacks the quantized weights). ' +
+      'Bound = read bandwidth / that copy\'s weight bytes per token. Logit error = max |logit - f32 logit| over 64 tokens (random weights for the 38.7M model: the real checkpoints\' errors are in test/models/low-precision.test.ts).',
+    '',
+    table(['model', 'weights', 'weight MB', 'RSS added MB', 'decode tok/s', 'vs f32', 'decode / bound (read)', 'batch-8 tok/s', 'vs f32', 'prefill tok/s', 'vs f32', 'max logit error vs f32'], rows),
+  ].join('\n');
+}

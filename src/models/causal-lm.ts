@@ -22,7 +22,7 @@ import type { LinearSite, ModelHooks } from './hooks.js';
 import { causalMask, rangePositions, stepMask, stepPositions } from './masks.js';
 import { planWeights } from './param-shapes.js';
 import { architectureOf } from './registry.js';
-import { lowerWeights, lowPrecisionLinear, type LowPrecisionOptions, type LowPrecisionWeight, type WeightsDtype } from './low-precision.js';
+import { lowerWeights, loweredBytes, lowPrecisionLinear, type LowPrecisionOptions, type LowPrecisionWeight, type WeightsDtype } from './low-precision.js';
 
 export interface BuiltGraph {
   graph: Graph;
@@ -103,6 +103,13 @@ export class CausalLM {
   /** How the linear weights are stored: 'f32' (default) unless `setWeightsDtype` lowered them. */
   get weightsDtype(): WeightsDtype {
     return this.dtype;
+  }
+
+  /** Bytes of weights the model holds: the f32 tensors plus the lowered ones (codes, scales, halves). */
+  get weightBytes(): number {
+    let n = loweredBytes(this.lowp);
+    for (const w of this.weights.values()) n += w.data.byteLength;
+    return n;
   }
 
   /**
