@@ -8,11 +8,12 @@
  * Used by bench/methods.ts. Env: BENCH_TORCH_ROUNDS (3), BENCH_TORCH_STEPS (3).
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { freemem } from 'node:os';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { freemem, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { LLAMA_135M, LLAMA_38M, QWEN_05B } from '../src/models/random.js';
-import { table } from './util.js';
+import { table, writeResults } from './util.js';
 
 const root = join(import.meta.dirname, '..');
 const PYTHON = '/usr/bin/python3';
@@ -160,4 +161,37 @@ export function compareTable(rows: CompareRow[]): string {
       ];
     }),
   );
+}
+
+/**
+ * Run directly for the issue's rows alone (no per-method rows), into bench/results/vs-torch.md:
+ *   SPARSETUNE_THREADS=2 node --import tsx bench/vs-torch.ts
+ */
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const threads = Number(process.env.SPARSETUNE_THREADS ?? 2);
+  const tmp = mkdtempSync(join(tmpdir(), 'bench-vs-torch-'));
+  try {
+    const rows = await compare({
+      model: 'llama38m',
+      works: ISSUE_WORKS,
+      batch: 4,
+      seq: 256,
+      threads,
+      rounds: Number(process.env.BENCH_TORCH_ROUNDS ?? 3),
+      steps: Number(process.env.BENCH_TORCH_STEPS ?? 3),
+      tmp,
+      needGb: 5,
+    });
+    const md = [
+      `## sparsetune vs PyTorch 1.13 (OpenBLAS): the engine issue's shapes (threads=${threads})`,
+      '',
+      '38.7M Llama (hidden 384, 8 layers, 6/6 heads, FFN 1024, vocab 32000, untied), random weights, batch 4x256, AdamW. ' +
+        'Each measurement is its own process (peak RSS is that run alone); the order flips every round. Speed = median over rounds of PyTorch step time / sparsetune step time.',
+      '',
+      compareTable(rows),
+    ].join('\n');
+    writeResults('vs-torch', { threads, rows }, md);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 }
