@@ -18,7 +18,7 @@ import { buildMaskTables, clearedBySet, type ScaledAdapter } from '../../src/ser
 import { buildTables, mustFuseReason, type AdapterTables } from '../../src/serve/unfused/tables.js';
 import { sharedModelDir } from '../helpers.js';
 import { changedWeights, snapshot } from './helpers.js';
-import { lora, sparse, sparseMask, structured } from './zoo.js';
+import { gsLora, lora, sparse, sparseMask, structured } from './zoo.js';
 import { bundledModelPath } from '../../src/io/model-dir.js';
 
 type RowSet = ScaledAdapter[];
@@ -150,6 +150,7 @@ describe('unfused adapters in a mixed batch', () => {
           r4: lora(model, 14, 4),
           r8: lora(model, 15, 8, 2, ['q_proj', 'v_proj']),
           mask: sparseMask(model, 16),
+          gs: gsLora(model, 17),
         };
       });
 
@@ -167,6 +168,8 @@ describe('unfused adapters in a mixed batch', () => {
           [one(z.sp1, 0.5), one(z.r4, -1.5)],
           [one(z.mask), one(z.sp1), one(z.r8)],
           [one(z.s2, 2), one(z.sp2)],
+          [one(z.gs)],
+          [one(z.gs, -0.5), one(z.r8), one(z.sp2)],
         ];
         const worst = await h.check(sets, [], prompts(sets.length, 5, h.model.vocabSize), 3);
         expect(worst).toBeGreaterThan(0); // unfused arithmetic really ran (it rounds differently)

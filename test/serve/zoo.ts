@@ -2,8 +2,10 @@
  * Adapters of every kind for the unfused-serving tests, built for a real model's sites:
  * sparse additive deltas (embedding included), S2FT-style structured rows and columns,
  * LoRA pairs of several ranks (with bias deltas where the model has biases), sparse masks
- * (a few percent cleared) and a dense 2:4 mask.
+ * (a few percent cleared), a dense 2:4 mask, and GS-LoRA's own export (mixed ranks, whole
+ * blocks zeroed by the group lasso).
  */
+import { GsLoraMethod } from '../../src/adapters/gs-lora.js';
 import { packBits } from '../../src/merge/bits.js';
 import { fingerprintWeights } from '../../src/merge/fingerprint.js';
 import { newAdapter, type Adapter } from '../../src/merge/types.js';
@@ -97,4 +99,19 @@ export function denseMask(model: CausalLM): Adapter {
     a.masks.set(s.weightName, { bits: packBits(Array.from({ length: n }, (_, i) => (i % 4 < 2 ? 1 : 0))), numel: n });
   }
   return a;
+}
+
+/**
+ * A GS-LoRA adapter as the method exports it: pairs on the FFN linears with ranks 8
+ * (gate_proj), 16 (up_proj) and 2 (down_proj), random trained-like values, and the first
+ * block's group exactly zero (so the export leaves it out, as the lasso does).
+ */
+export function gsLora(model: CausalLM, seed: number, scale = 0.3): Adapter {
+  const m = new GsLoraMethod(model, { r: 8, rankPattern: { up_proj: 16, down_proj: 2 }, loraAlpha: 8, seed });
+  const r = mulberry32(seed);
+  const first = Math.min(...m.pairs.map((p) => p.site.layer!));
+  for (const p of m.pairs) {
+    for (const t of [p.A, p.B]) t.data.set(p.site.layer === first ? new Float32Array(t.data.length) : values(r, t.data.length, scale));
+  }
+  return m.export(model);
 }
