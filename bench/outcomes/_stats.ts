@@ -25,6 +25,12 @@ export function seeds(): number[] {
   return env ? env.split(',').map(Number) : [1, 2, 3];
 }
 
+/** The lr grid of a part (OUTCOMES_LRS=3e-4 to run fewer points than the part's default grid). */
+export function lrs(defaults: readonly number[]): number[] {
+  const env = process.env.OUTCOMES_LRS;
+  return env ? env.split(',').map(Number) : [...defaults];
+}
+
 /** The models to run (OUTCOMES_MODELS=stories260K to run one). */
 export function models(): ModelName[] {
   const env = process.env.OUTCOMES_MODELS;
@@ -33,11 +39,11 @@ export function models(): ModelName[] {
 
 /**
  * A difference is called real only when its mean exceeds twice its standard error over the
- * seeds (paired by seed); otherwise "within noise".
+ * seeds (paired by seed); otherwise "within noise". One seed is never enough to call it real.
  */
 export function verdict(a: readonly number[], b: readonly number[], lowerIsBetter = true): { diff: number; se: number; real: boolean; better: boolean } {
   const d = a.map((x, i) => x - b[i]);
   const { mean, std } = meanStd(d);
   const se = std / Math.sqrt(d.length);
-  return { diff: mean, se, real: Math.abs(mean) > 2 * se && mean !== 0, better: lowerIsBetter ? mean < 0 : mean > 0 };
+  return { diff: mean, se, real: d.length > 1 && Math.abs(mean) > 2 * se && mean !== 0, better: lowerIsBetter ? mean < 0 : mean > 0 };
 }

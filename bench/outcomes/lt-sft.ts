@@ -12,7 +12,7 @@
  * The recipe (AdamW, linear decay, clip 1, fresh optimizer per phase) with PHASE steps per
  * phase; the lr is tuned on seed 0 over a small grid by the task SFT's English dev label NLL.
  *
- * Run: node --import tsx bench/outcomes/lt-sft.ts   (OUTCOMES_STEPS = steps per phase, OUTCOMES_MODELS, OUTCOMES_SEEDS)
+ * Run: node --import tsx bench/outcomes/lt-sft.ts   (OUTCOMES_STEPS = steps per phase, OUTCOMES_MODELS, OUTCOMES_SEEDS, OUTCOMES_LRS)
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,10 +26,10 @@ import { classificationAccuracy, type ClassificationExample } from '../../src/tr
 import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, models, pm, seeds, verdict } from './_stats.js';
+import { DATA, MODELS, lrs, models, pm, seeds, verdict } from './_stats.js';
 
 const PHASE = Number(process.env.OUTCOMES_STEPS ?? 60);
-const LRS = [1e-3, 3e-3];
+const LRS = lrs([1e-3, 3e-3]);
 
 function readSib(lang: string, split: 'train' | 'dev' | 'test'): { category: string; text: string }[] {
   const [header, ...lines] = readFileSync(join(DATA, 'sib200', lang, `${split}.tsv`), 'utf8').trim().split('\n');

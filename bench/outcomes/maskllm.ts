@@ -9,7 +9,7 @@
  * MaskLLM: the recipe (AdamW 0.9/0.95, wd 0.1, cosine) from the SparseGPT prior, lr tuned on
  * seed 0 over a small grid, then seeds 1-3.
  *
- * Run: node --import tsx bench/outcomes/maskllm.ts   (OUTCOMES_STEPS, OUTCOMES_MODELS, OUTCOMES_SEEDS)
+ * Run: node --import tsx bench/outcomes/maskllm.ts   (OUTCOMES_STEPS, OUTCOMES_MODELS, OUTCOMES_SEEDS, OUTCOMES_LRS)
  */
 import { join } from 'node:path';
 import { collate, loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
@@ -23,10 +23,10 @@ import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { mulberry32 } from '../../src/util/random.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, meanStd, models, pm, seeds, verdict } from './_stats.js';
+import { DATA, MODELS, lrs, meanStd, models, pm, seeds, verdict } from './_stats.js';
 
 const STEPS = Number(process.env.OUTCOMES_STEPS ?? 100);
-const LRS = [recipe.lr, 5e-3];
+const LRS = lrs([recipe.lr, 5e-3]);
 const SEQ = 64;
 
 function shuffled<T>(xs: readonly T[], seed: number): T[] {

@@ -9,7 +9,7 @@
  * between evaluations). The recipe (Adam, cosine to 0, no clipping) with a small lr grid (the
  * reference 8e-5 and larger), 3 seeds each.
  *
- * Run: node --import tsx bench/outcomes/ramt.ts   (OUTCOMES_STEPS, OUTCOMES_MODELS, OUTCOMES_SEEDS)
+ * Run: node --import tsx bench/outcomes/ramt.ts   (OUTCOMES_STEPS, OUTCOMES_MODELS, OUTCOMES_SEEDS, OUTCOMES_LRS)
  */
 import { join } from 'node:path';
 import { loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
@@ -18,11 +18,11 @@ import { CausalLM } from '../../src/models/causal-lm.js';
 import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, models, pm, seeds, verdict } from './_stats.js';
+import { DATA, MODELS, lrs, models, pm, seeds, verdict } from './_stats.js';
 
 const STEPS = Number(process.env.OUTCOMES_STEPS ?? 200);
 const EVAL = Math.max(1, Math.round(STEPS / 10));
-const LRS = [recipe.lr, 3e-4];
+const LRS = lrs([recipe.lr, 3e-4]);
 
 interface Curve {
   task: number[];

@@ -7,7 +7,8 @@
  * tokens). The lr is tuned per method on seed 0 over a small grid, then each method runs seeds
  * 1-3 at its best lr. Then a sparsity sweep and fixed vs per-step thresholds at Sparse-MeZO's lr.
  *
- * Run: node --import tsx bench/outcomes/sparse-mezo.ts   (OUTCOMES_STEPS, OUTCOMES_MODELS, OUTCOMES_SEEDS)
+ * Run: node --import tsx bench/outcomes/sparse-mezo.ts   (OUTCOMES_STEPS, OUTCOMES_MODELS, OUTCOMES_SEEDS;
+ * OUTCOMES_SWEEP_SEEDS=1 runs the sparsity sweep and the thresholds comparison on fewer seeds)
  */
 import { join } from 'node:path';
 import { loadDataset, splitHoldout, type TokenizedExample } from '../../src/io/datasets.js';
@@ -20,6 +21,8 @@ import { DATA, MODELS, models, pm, seeds, verdict, type ModelName } from './_sta
 const STEPS = Number(process.env.OUTCOMES_STEPS ?? 400);
 const GRID = { mezo: [5e-5, 1e-4, 2e-4], 'sparse-mezo': [2e-4, 5e-4, 1e-3] };
 const SWEEP = [0.5, 0.8, 0.9];
+/** Seeds of the sparsity sweep and the thresholds comparison (default: all of seeds()). */
+const SWEEP_SEEDS = process.env.OUTCOMES_SWEEP_SEEDS ? process.env.OUTCOMES_SWEEP_SEEDS.split(',').map(Number) : seeds();
 
 interface Run {
   model: ModelName;
@@ -69,9 +72,9 @@ async function main(): Promise<void> {
         if (r.after < bestLoss) [bestLoss, best[method]] = [r.after, lr];
       }
     }
-    const bySeed = async (method: 'mezo' | 'sparse-mezo', lr: number, extra: Partial<ZoTrainConfigInput> = {}) => {
+    const bySeed = async (method: 'mezo' | 'sparse-mezo', lr: number, extra: Partial<ZoTrainConfigInput> = {}, use = seeds()) => {
       const out: Run[] = [];
-      for (const seed of seeds()) out.push(await run(method, lr, seed, extra));
+      for (const seed of use) out.push(await run(method, lr, seed, extra));
       return out.map((r) => r.after);
     };
     const mezo = await bySeed('mezo', best.mezo);
@@ -91,11 +94,12 @@ async function main(): Promise<void> {
     );
     // Sparsity sweep and the thresholds mode, at Sparse-MeZO's tuned lr.
     const sweepRows: (string | number)[][] = [];
-    const sweep: Record<string, number[]> = { '0.8 per-step': sparse };
-    for (const sp of SWEEP.filter((x) => x !== 0.8)) sweep[`${sp} per-step`] = await bySeed('sparse-mezo', best['sparse-mezo'], { sparsity: sp });
-    sweep['0.8 fixed'] = await bySeed('sparse-mezo', best['sparse-mezo'], { thresholds: 'fixed' });
+    const idx = SWEEP_SEEDS.map((s) => seeds().indexOf(s));
+    const sweep: Record<string, number[]> = { '0.8 per-step': idx.map((i) => sparse[i]) };
+    for (const sp of SWEEP.filter((x) => x !== 0.8)) sweep[`${sp} per-step`] = await bySeed('sparse-mezo', best['sparse-mezo'], { sparsity: sp }, SWEEP_SEEDS);
+    sweep['0.8 fixed'] = await bySeed('sparse-mezo', best['sparse-mezo'], { thresholds: 'fixed' }, SWEEP_SEEDS);
     for (const [k, xs] of Object.entries(sweep)) sweepRows.push([k, pm(xs, 4), xs.map((x) => x.toFixed(4)).join(', ')]);
-    md.push(`Sparsity sweep at lr ${best['sparse-mezo']} (MeZO = sparsity 0: ${pm(mezo, 4)}):`, '', table(['sparsity, thresholds', 'loss after (mean ± std)', 'per seed'], sweepRows), '');
+    md.push(`Sparsity sweep at lr ${best['sparse-mezo']}, seeds ${SWEEP_SEEDS.join(', ')} (MeZO = sparsity 0: ${pm(mezo, 4)} over seeds ${seeds().join(', ')}):`, '', table(['sparsity, thresholds', 'loss after (mean ± std)', 'per seed'], sweepRows), '');
     const claim = v.real && v.better;
     md.push(
       `**Claim ${claim ? 'held' : 'not shown'} on ${name}:** Sparse-MeZO − MeZO = ${v.diff.toFixed(4)} ± ${v.se.toFixed(4)} (paired s.e.) in held-out loss at equal forwards; ` +
