@@ -31,6 +31,12 @@ export function lrs(defaults: readonly number[]): number[] {
   return env ? env.split(',').map(Number) : [...defaults];
 }
 
+/** Why a run used fewer steps/seeds/grid points than the part's defaults (OUTCOMES_NOTE), as a markdown line. */
+export function runNote(): string[] {
+  const n = process.env.OUTCOMES_NOTE;
+  return n ? [`Run settings: ${n}`, ''] : [];
+}
+
 /** The models to run (OUTCOMES_MODELS=stories260K to run one). */
 export function models(): ModelName[] {
   const env = process.env.OUTCOMES_MODELS;

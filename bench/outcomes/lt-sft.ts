@@ -26,7 +26,7 @@ import { classificationAccuracy, type ClassificationExample } from '../../src/tr
 import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, lrs, models, pm, seeds, verdict } from './_stats.js';
+import { DATA, MODELS, runNote, lrs, models, pm, seeds, verdict } from './_stats.js';
 
 const PHASE = Number(process.env.OUTCOMES_STEPS ?? 60);
 const LRS = lrs([1e-3, 3e-3]);
@@ -121,7 +121,8 @@ async function main(): Promise<void> {
     let bestLr = LRS[0];
     let bestNll = Infinity;
     const grid: string[] = [];
-    for (const lr of LRS) {
+    // One lr given (OUTCOMES_LRS): nothing to tune, no seed-0 run.
+    for (const lr of LRS.length > 1 ? LRS : []) {
       const t = await trio(lr, 0);
       const d = await score([t.langEn, t.task], engDev);
       grid.push(`${lr} -> ${d.nll.toFixed(3)} (${d.acc.toFixed(1)}%)`);
@@ -149,7 +150,7 @@ async function main(): Promise<void> {
       console.log(`${name} seed ${seed}: Spanish acc ${cols.map((c) => spa[c].acc.at(-1)!.toFixed(1)).join(' / ')}`);
     }
     const majority = (100 * Math.max(...labels.map((l) => spaTest.filter((e) => e.label === l).length))) / spaTest.length;
-    md.push(`### ${name}`, '', `lr grid (seed 0, English dev label NLL): ${grid.join(', ')}; seeds at lr ${bestLr}. Spanish test ${spaTest.length} rows, majority class ${majority.toFixed(1)}%, chance 14.3%.`, '');
+    md.push(`### ${name}`, '', `${grid.length ? `lr grid (seed 0, English dev label NLL): ${grid.join(', ')}; seeds` : 'No lr grid: all seeds'} at lr ${bestLr}. Spanish test ${spaTest.length} rows, majority class ${majority.toFixed(1)}%, chance 14.3%.`, '');
     md.push(
       table(
         ['model', 'Spanish test accuracy %', 'Spanish label NLL', 'Spanish held-out LM loss'],
@@ -174,6 +175,7 @@ async function main(): Promise<void> {
     );
     json[name] = { bestLr, grid, spanish: spa, spanishLm: lm, english: eng, verdicts: { vt, vl, va, lmKeep, taskLearned } };
   }
+  md.push(...runNote());
   md.push(`Runtime ${((performance.now() - t0) / 1000).toFixed(0)} s on a shared 2-core machine (the lead reruns the final numbers on a quiet one).`);
   writeResults('outcomes-lt-sft', { phaseSteps: PHASE, lrs: LRS, results: json }, md.join('\n'));
 }

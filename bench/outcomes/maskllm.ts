@@ -23,7 +23,7 @@ import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { mulberry32 } from '../../src/util/random.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, lrs, meanStd, models, pm, seeds, verdict } from './_stats.js';
+import { DATA, MODELS, runNote, lrs, meanStd, models, pm, seeds, verdict } from './_stats.js';
 
 const STEPS = Number(process.env.OUTCOMES_STEPS ?? 100);
 const LRS = lrs([recipe.lr, 5e-3]);
@@ -81,7 +81,8 @@ async function main(): Promise<void> {
     const grid: (string | number)[][] = [];
     let bestLr = LRS[0];
     let bestPpl = Infinity;
-    for (const lr of LRS) {
+    // One lr given (OUTCOMES_LRS): nothing to tune, no seed-0 run.
+    for (const lr of LRS.length > 1 ? LRS : []) {
       const p = await learn(lr, 0);
       console.log(`${name} maskllm lr ${lr} seed 0: ppl ${p.toFixed(2)}`);
       grid.push([lr, p.toFixed(2)]);
@@ -96,7 +97,7 @@ async function main(): Promise<void> {
       rows.maskllm.push(await learn(bestLr, seed));
       console.log(`${name} seed ${seed}: ${Object.entries(rows).map(([k, v]) => `${k} ${v[v.length - 1].toFixed(2)}`).join(', ')}`);
     }
-    md.push(`### ${name}`, '', `Dense perplexity ${dense.toFixed(2)}. MaskLLM lr grid (seed 0): ${grid.map(([lr, p]) => `${lr} -> ${p}`).join(', ')}; seeds at lr ${bestLr}.`, '');
+    md.push(`### ${name}`, '', `Dense perplexity ${dense.toFixed(2)}. ${grid.length ? `MaskLLM lr grid (seed 0): ${grid.map(([lr, p]) => `${lr} -> ${p}`).join(', ')}; seeds` : 'MaskLLM (no grid)'} at lr ${bestLr}.`, '');
     md.push(
       table(
         ['2:4 mask', `held-out ppl (mean ± std, ${seeds().length} seeds)`, 'per seed'],
@@ -115,6 +116,7 @@ async function main(): Promise<void> {
     );
     json[name] = { dense, bestLr, grid, rows };
   }
+  md.push(...runNote());
   md.push(`Runtime ${((performance.now() - t0) / 1000).toFixed(0)} s on a shared 2-core machine (the lead reruns the final numbers on a quiet one).`);
   writeResults('outcomes-maskllm', { steps: STEPS, lrs: LRS, results: json }, md.join('\n'));
 }

@@ -18,7 +18,7 @@ import { CausalLM } from '../../src/models/causal-lm.js';
 import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { Trainer } from '../../src/train/trainer.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, lrs, models, pm, seeds, verdict } from './_stats.js';
+import { DATA, MODELS, runNote, lrs, models, pm, seeds, verdict } from './_stats.js';
 
 const STEPS = Number(process.env.OUTCOMES_STEPS ?? 200);
 const EVAL = Math.max(1, Math.round(STEPS / 10));
@@ -128,6 +128,7 @@ async function main(): Promise<void> {
     }
     json[name] = perLr;
   }
+  md.push(...runNote());
   md.push(`Runtime ${((performance.now() - t0) / 1000).toFixed(0)} s on a shared 2-core machine (the lead reruns the final numbers on a quiet one).`);
   writeResults('outcomes-ramt', { steps: STEPS, lrs: LRS, results: json }, md.join('\n'));
 }

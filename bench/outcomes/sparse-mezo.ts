@@ -16,7 +16,7 @@ import { CausalLM } from '../../src/models/causal-lm.js';
 import { restoreBase } from '../../src/zeroth-order/base-weights.js';
 import { ZerothOrderTrainer, ZO_RECIPES, type ZoTrainConfigInput } from '../../src/zeroth-order/train.js';
 import { table, writeResults } from '../util.js';
-import { DATA, MODELS, models, pm, seeds, verdict, type ModelName } from './_stats.js';
+import { DATA, MODELS, runNote, models, pm, seeds, verdict, type ModelName } from './_stats.js';
 
 const STEPS = Number(process.env.OUTCOMES_STEPS ?? 400);
 const GRID = { mezo: [5e-5, 1e-4, 2e-4], 'sparse-mezo': [2e-4, 5e-4, 1e-3] };
@@ -120,6 +120,7 @@ async function main(): Promise<void> {
         : '') +
       `Per-step thresholds vs thresholds fixed at the start: ${perStep.map((v) => `${v.diff.toFixed(4)} ± ${v.se.toFixed(4)}`).join('; ')} (negative = per-step better).`,
     '',
+    ...runNote(),
     `Runtime ${((performance.now() - t0) / 1000).toFixed(0)} s on a shared 2-core machine (the lead reruns the final numbers on a quiet one).`,
   );
   writeResults('outcomes-sparse-mezo', { steps: STEPS, grid: GRID, runs, summary }, md.join('\n'));
