@@ -7,7 +7,8 @@ import { Trainer } from '../../src/train/trainer.js';
 import { defaultObjective } from '../../src/train/method.js';
 import { grad } from '../../src/engine/autodiff.js';
 import { WeightPatcher } from '../../src/merge/apply.js';
-import { S2ftMethod, configSchema, createMethod } from '../../src/adapters/s2ft.js';
+import { S2ftMethod, configSchema, createMethod, recipe } from '../../src/adapters/s2ft.js';
+import { recipeTrainerConfig } from '../../src/train/recipe.js';
 import { selectUnits, poolGeometry, weightNormScores, type S2ftSelection } from '../../src/adapters/s2ft-select.js';
 import {
   invertPermutations, layerPermutation, modelPermutation, permuteStructuredDelta, permuteWeights,
@@ -15,7 +16,7 @@ import {
 import type { HostTensor } from '../../src/tensor.js';
 import type { LlamaConfig } from '../../src/io/config.js';
 import { paramFeeds } from '../../src/train/param-feeds.js';
-import { sameBits } from '../helpers.js';
+import { sameBits, sharedModelDir } from '../helpers.js';
 
 const DATA = join(import.meta.dirname, '..', '..', '..', 'shared', 'data');
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'models');
@@ -31,6 +32,39 @@ function maxDiff(a: HostTensor, b: HostTensor): number {
 function fillDeltas(m: S2ftMethod, seed: number): void {
   let s = seed;
   for (const p of m.params()) for (let i = 0; i < p.data.length; i++) p.data[i] = (((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32) - 0.5) * 0.2;
+}
+
+/**
+ * Every weight outside the adapter's selected rows/cols is bit-identical to `before`; inside the
+ * selected slices, nearly every entry moved (so the check fails if training did nothing).
+ */
+function expectOnlySlicesChanged(model: CausalLM, before: Map<string, Float32Array>, adapter: ReturnType<S2ftMethod['export']>): void {
+  for (const [name, w] of model.weights) {
+    const orig = before.get(name)!;
+    const d = adapter.structured.get(name);
+    if (!d) {
+      expect(sameBits(w.data, orig), name).toBe(true);
+      continue;
+    }
+    const [rows, cols] = w.shape;
+    const inRows = new Set(d.rows ?? []);
+    const inCols = new Set(d.cols ?? []);
+    let changed = 0;
+    let inside = 0;
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const sel = (d.rows ? inRows.has(r) : true) && (d.cols ? inCols.has(c) : true);
+        const i = r * cols + c;
+        if (!sel) expect(Object.is(w.data[i], orig[i]), name).toBe(true);
+        else {
+          inside++;
+          if (w.data[i] !== orig[i]) changed++;
+        }
+      }
+    }
+    expect(inside, name).toBeGreaterThan(0);
+    expect(changed, name).toBeGreaterThan(0.9 * inside);
+  }
 }
 
 describe('S2FT', () => {
@@ -61,35 +95,30 @@ describe('S2FT', () => {
     const scale = Math.max(1, ...Array.from(fused.data, (v) => Math.abs(Number(v))));
     expect(maxDiff(fused, trained)).toBeLessThan(1e-5 * scale);
 
-    // Every weight outside the selected slices is bit-identical; inside, the slice moved.
-    for (const [name, w] of model.weights) {
-      const orig = before.get(name)!;
-      const d = adapter.structured.get(name);
-      if (!d) {
-        expect(sameBits(w.data, orig), name).toBe(true);
-        continue;
-      }
-      const [rows, cols] = w.shape;
-      const inRows = new Set(d.rows ?? []);
-      const inCols = new Set(d.cols ?? []);
-      let changed = 0;
-      let inside = 0;
-      for (let r = 0; r < rows; r++) {
-        for (let c = 0; c < cols; c++) {
-          const sel = (d.rows ? inRows.has(r) : true) && (d.cols ? inCols.has(c) : true);
-          const i = r * cols + c;
-          if (!sel) expect(Object.is(w.data[i], orig[i])).toBe(true);
-          else {
-            inside++;
-            if (w.data[i] !== orig[i]) changed++;
-          }
-        }
-      }
-      expect(changed).toBeGreaterThan(0.9 * inside);
-    }
+    expectOnlySlicesChanged(model, before, adapter);
     patcher.revert(h);
     for (const [k, v] of model.weights) expect(sameBits(v.data, before.get(k)!)).toBe(true);
   });
+
+  it('with its defaults and recipe on tinystories-656K: fused == trained and only the selected rows/cols change', async () => {
+    const model = await CausalLM.load(sharedModelDir('tinystories-656K'));
+    const data = (await loadDataset(join(DATA, 'ud-pud', 'pud_en.txt'), model.tokenizer!, { seqLen: 32 })).slice(0, 64);
+    const s2 = new S2ftMethod(model, {});
+    expect(s2.selection.o.flat().length + s2.selection.down.flat().length).toBeGreaterThan(0);
+    // The recipe's optimizer and schedule; a short run for CI time.
+    await new Trainer(model, s2, { ...recipeTrainerConfig(recipe), steps: 10, batchSize: 4 }).train(data);
+    const trained = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: paramFeeds(s2.params()) });
+    const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
+    const adapter = s2.export(model);
+    const patcher = new WeightPatcher(model.weights);
+    const h = patcher.apply(adapter);
+    const fused = await model.logits(IDS);
+    const scale = Math.max(1, ...Array.from(fused.data, (v) => Math.abs(Number(v))));
+    expect(maxDiff(fused, trained)).toBeLessThan(1e-5 * scale);
+    expectOnlySlicesChanged(model, before, adapter);
+    patcher.revert(h);
+    for (const [k, v] of model.weights) expect(sameBits(v.data, before.get(k)!)).toBe(true);
+  }, 60_000);
 
   it('forms no gradient for any base weight in the training graph (only the deltas are differentiated)', async () => {
     const model = await CausalLM.load(join(FIXTURES, 'llama-gqa'));
