@@ -19,7 +19,8 @@ import { CHECKPOINTS, QUICK, SEEDS, fmt, gridThenSeeds, loadCheckpoint, meanStd,
 const STEPS = QUICK ? 30 : 100;
 const SEQ = 64;
 const KEYWORD = /\bdogs?\b/i;
-const LRS = [3e-3, 1e-2, 3e-2];
+// 1e-1 added after the first run picked 3e-2, the grid's top, on both checkpoints.
+const LRS = [3e-3, 1e-2, 3e-2, 1e-1];
 const ALPHAS = QUICK ? [1] : [0.3, 1, 3];
 
 /** The sweep's sentence: the weakest alpha that confines the edit and still reaches the forget bound. */
