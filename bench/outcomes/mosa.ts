@@ -21,8 +21,8 @@ import { CHECKPOINTS, QUICK, SEEDS, clearlyLower, fmt, gridThenSeeds, loadCheckp
 
 const STEPS = QUICK ? 20 : 80;
 const SEQ = 64;
-// 1e-1 added after a first run picked 3e-2, the grid's top, for five of the six arms.
-const LRS = [1e-2, 3e-2, 1e-1];
+// 1e-1, then 3e-1, added after runs picked the grid's top for the adapter arms.
+const LRS = [1e-2, 3e-2, 1e-1, 3e-1];
 const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'up_proj', 'down_proj'];
 
 const count = (m: Method) => m.params().reduce((n, p) => n + p.data.length, 0);
