@@ -30,7 +30,14 @@ const known = [...ALL, ...ON_REQUEST].map((n) => `${n}.md`);
 // outcomes.md is itself a join of the outcomes-<part>.md files, which are taken directly.
 const present = readdirSync(resultsDir).filter((f) => f.endsWith('.md') && f !== 'README.md' && f !== 'outcomes.md');
 const ordered = [...known.filter((f) => present.includes(f)), ...present.filter((f) => !known.includes(f)).sort()];
-for (const file of ordered) parts.push(readFileSync(join(resultsDir, file), 'utf8').trim(), '');
+let outcomesHeading = false;
+for (const file of ordered) {
+  if (file.startsWith('outcomes-') && !outcomesHeading) {
+    parts.push("## Outcomes: each method's defining claim at our scale", '');
+    outcomesHeading = true;
+  }
+  parts.push(readFileSync(join(resultsDir, file), 'utf8').trim(), '');
+}
 writeFileAtomicSync(join(root, 'bench', 'results', 'README.md'), parts.join('\n'));
 if (failed.length) {
   console.error(`benchmarks failed: ${failed.join(', ')}`);
