@@ -55,7 +55,7 @@ async function oneRequest(model: string): Promise<Sample> {
     headers: { 'content-type': 'application/json', ...(args['api-key'] ? { authorization: `Bearer ${args['api-key']}` } : {}) },
     body: JSON.stringify({ model, prompt: args['prompt-ids'] ? args['prompt-ids'].split(',').map(Number) : args.prompt, max_tokens: args['max-tokens'], temperature: 0, stream: true, stream_options: { include_usage: true } }),
   });
-  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${(await res.text()).slice(0, 300)}`);
   let ttft = NaN;
   let tokens = 0;
   let buf = '';
@@ -68,7 +68,7 @@ async function oneRequest(model: string): Promise<Sample> {
       buf = buf.slice(cut + 2);
       if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
       const chunk = JSON.parse(event.slice(6)) as { choices: { text: string }[]; usage?: { completion_tokens: number }; error?: { message: string } };
-      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.error) throw new Error(`in stream: ${chunk.error.message}`);
       if (Number.isNaN(ttft) && chunk.choices.some((c) => c.text)) ttft = performance.now() - t0;
       if (chunk.usage) tokens = chunk.usage.completion_tokens;
     }
@@ -94,7 +94,9 @@ await Promise.all(
       try {
         samples.push(await oneRequest(model));
       } catch (err) {
-        errors.push((err as Error).message);
+        // Network-level failures (connection reset, client timeout) carry their reason in `cause`.
+        const e = err as Error & { cause?: { code?: string; message?: string } };
+        errors.push(e.cause ? `${e.message} (${e.cause.code ?? e.cause.message})` : e.message);
       }
     }
   }),
@@ -109,6 +111,8 @@ console.log(
     requests: samples.length,
     errors: errors.length,
     firstError: errors[0],
+    // Each distinct failure (HTTP status and body, error in the stream, or network reason) with its count.
+    errorKinds: errors.reduce<Record<string, number>>((acc, m) => ((acc[m] = (acc[m] ?? 0) + 1), acc), {}),
     tokens,
     tokensPerSecond: tokens / seconds,
     requestsPerSecond: samples.length / seconds,

@@ -185,6 +185,25 @@ describe('unfused adapters in a mixed batch', () => {
     });
   }
 
+  it('a segment whose arena views are detached before onnxruntime reads them runs again on fresh views', async () => {
+    // onnxruntime-node converts a run's tensors on a later tick (setImmediate); if the arena's
+    // memory is replaced in that gap, it sees zero-length views ("not enough space: expected
+    // N, got 0"), as the serve bench once did under heavy load. The segment is rerun instead.
+    const model = await CausalLM.load(bundledModelPath());
+    const h = new Harness(model);
+    const plans = [h.plan([{ adapter: sparse(model, 21), scale: 1 }], []), h.plan([{ adapter: lora(model, 22, 4), scale: 1 }], [])];
+    const ps = prompts(2, 6, model.vocabSize);
+    const ref = (await h.exec.step(new SlotCache(model, 2, 16).prefillRun(ps), plans)).logits.data.slice();
+    const seg = await h.exec.segments();
+    const retries = seg.viewRetries;
+    const pending = h.exec.step(new SlotCache(model, 2, 16).prefillRun(ps), plans);
+    // Queued before the run's own setImmediate: replaces the memory (detaching every view) in the gap.
+    setImmediate(() => h.arena.memory.grow(1));
+    const got = (await pending).logits.data;
+    expect(seg.viewRetries).toBe(retries + 1);
+    expect(Array.from(got)).toEqual(Array.from(ref));
+  });
+
   it('GPT-2 Conv1D weights ([in, out]) and a Llama with biases take the same paths', async () => {
     const gpt2 = await CausalLM.load(new URL('../fixtures/models/gpt2', import.meta.url).pathname);
     const llamaBias = randomModel({ model_type: 'llama', vocab_size: 96, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64, attention_bias: true, tie_word_embeddings: false }, { seed: 3, std: 0.1 });

@@ -38,8 +38,26 @@ function planIsEmpty(p: RowPlan): boolean {
   return p.terms.length === 0 && p.masks === null;
 }
 
+/**
+ * Where the mixed batch's model time goes (cumulative; read by benchmarks and profiles):
+ * one-piece runs (no unfused work), cut-graph runs, and the unfused kernels inside them.
+ * Token counts are batch rows x new tokens.
+ */
+export interface ExecutorStats {
+  denseRuns: number;
+  denseTokens: number;
+  denseNs: number;
+  cutRuns: number;
+  cutTokens: number;
+  /** Wall time of cut-graph runs, kernels included. */
+  cutNs: number;
+  /** Time in the unfused kernels (and the embedding deltas) of cut-graph runs. */
+  kernelNs: number;
+}
+
 export class UnfusedExecutor {
   private segmented: Promise<SegmentedModel> | null = null;
+  readonly stats: ExecutorStats = { denseRuns: 0, denseTokens: 0, denseNs: 0, cutRuns: 0, cutTokens: 0, cutNs: 0, kernelNs: 0 };
   private tmp = { off: 0, size: 0 };
   /** The plain decode graph, for runs with no unfused work. */
   readonly dense: DenseDecoder;
@@ -65,11 +83,30 @@ export class UnfusedExecutor {
    * against. Returns each row's last-position logits [rows, vocab], valid until the next run.
    */
   async step(run: SlotRun, plans: readonly RowPlan[]): Promise<{ logits: HostTensor<'f32'>; unfused: boolean }> {
-    if (plans.every(planIsEmpty)) return { logits: await this.dense.run(run), unfused: false };
+    const st = this.stats;
+    const t0 = performance.now();
+    if (plans.every(planIsEmpty)) {
+      const logits = await this.dense.run(run);
+      st.denseRuns++;
+      st.denseTokens += run.rows * run.seq;
+      st.denseNs += (performance.now() - t0) * 1e6;
+      return { logits, unfused: false };
+    }
     const seg = await this.segments();
+    const t1 = performance.now();
     const embedDelta = this.embedDelta(run.ids, plans);
-    const onSite = (site: LinearSite, x: number, y: number, rows: number) => this.runSite(site, x, y, rows, plans);
-    return { logits: await seg.step(run, { onSite, embedDelta: embedDelta ?? undefined }), unfused: true };
+    let kernelMs = performance.now() - t1;
+    const onSite = (site: LinearSite, x: number, y: number, rows: number) => {
+      const t = performance.now();
+      this.runSite(site, x, y, rows, plans);
+      kernelMs += performance.now() - t;
+    };
+    const logits = await seg.step(run, { onSite, embedDelta: embedDelta ?? undefined });
+    st.cutRuns++;
+    st.cutTokens += run.rows * run.seq;
+    st.cutNs += (performance.now() - t1) * 1e6;
+    st.kernelNs += kernelMs * 1e6;
+    return { logits, unfused: true };
   }
 
   /** The kernels' scratch vector, big enough for every site. */

@@ -63,6 +63,8 @@ export class SegmentedModel {
   /** The arena block that holds one step's resident values (grown as needed, reused). */
   private block = { off: 0, bytes: 0 };
   private logits = new Float32Array(0);
+  /** Segment runs repeated because the arena's memory was replaced while they were pending (runSegment). */
+  viewRetries = 0;
 
   private constructor(
     readonly model: CausalLM,
@@ -168,24 +170,18 @@ export class SegmentedModel {
     const presentOf = new Map<string, HostTensor<'f32'>>();
     for (const [name, t] of Object.entries(run.present)) presentOf.set(this.parts.outputs.get(name)!, t);
     for (const seg of this.segments) {
-      const feeds: Record<string, ort.Tensor> = {};
-      for (const spec of seg.compiled.inputs) {
-        const v = env[spec.name] ?? this.model.weights.get(spec.name);
-        if (!v) throw new SparsetuneError('BAD_FEED', `segmented step: no value for input '${spec.name}'`);
-        feeds[spec.name] = tensorOf(v);
-      }
-      const fetches: Record<string, ort.Tensor> = {};
-      for (const r of seg.resident) fetches[r.name] = tensorOf(placed.get(r.name)!);
-      for (const a of seg.allocated) fetches[a] = tensorOf(presentOf.get(a)!); // the cache, in place
-      // onnxruntime starts the run on a later tick: the arena must not grow (detaching these views) until it is done.
-      this.arena.frozen = true;
-      try {
-        await seg.compiled.session.run(feeds, fetches);
-      } catch (e) {
-        throw new SparsetuneError('RUNTIME', `onnxruntime failed: ${(e as Error).message}`, { cause: e });
-      } finally {
-        this.arena.frozen = false;
-      }
+      await this.runSegment(seg, () => {
+        const feeds: Record<string, ort.Tensor> = {};
+        for (const spec of seg.compiled.inputs) {
+          const v = env[spec.name] ?? this.model.weights.get(spec.name);
+          if (!v) throw new SparsetuneError('BAD_FEED', `segmented step: no value for input '${spec.name}'`);
+          feeds[spec.name] = tensorOf(v);
+        }
+        const fetches: Record<string, ort.Tensor> = {};
+        for (const r of seg.resident) fetches[r.name] = tensorOf(placed.get(r.name)!);
+        for (const a of seg.allocated) fetches[a] = tensorOf(presentOf.get(a)!); // the cache, in place
+        return { feeds, fetches };
+      });
       for (const r of seg.resident) env[r.name] = placed.get(r.name)!;
       for (const site of seg.cuts) {
         const y = env[cutName(site.name)] as InArena;
@@ -199,4 +195,33 @@ export class SegmentedModel {
     logits.set(this.arena.f32(out.off, B * V));
     return { dtype: 'f32', shape: [B, V], data: logits };
   }
+
+  /**
+   * Run one segment on views made by `views`. onnxruntime starts the run on a later tick, so
+   * the arena must not grow (detaching the views) until it is done: it is frozen meanwhile.
+   * Should the memory still be replaced in that gap, onnxruntime refuses the detached views
+   * before running anything ("not enough space: expected N, got 0"); the segment is then run
+   * again on fresh views (counted in `viewRetries`) rather than failing the batch.
+   */
+  private async runSegment(seg: CompiledSegment, views: () => { feeds: Record<string, ort.Tensor>; fetches: Record<string, ort.Tensor> }): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const { feeds, fetches } = views();
+      this.arena.frozen = true;
+      try {
+        await seg.compiled.session.run(feeds, fetches);
+        return;
+      } catch (e) {
+        const detached = [...Object.values(feeds), ...Object.values(fetches)].filter((t) => t.size > 0 && (t.data as ArrayBufferView).byteLength === 0);
+        if (detached.length && attempt === 0) {
+          this.viewRetries++;
+          continue;
+        }
+        const why = detached.length ? ` (the arena's memory was replaced while the run was pending; detached: ${detached.map((t) => `[${t.dims.join(',')}]`).join(' ')})` : '';
+        throw new SparsetuneError('RUNTIME', `onnxruntime failed: ${(e as Error).message}${why}`, { cause: e });
+      } finally {
+        this.arena.frozen = false;
+      }
+    }
+  }
+
 }
