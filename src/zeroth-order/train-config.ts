@@ -36,7 +36,7 @@ export const ZO_RECIPES: Record<'mezo' | 'sparse-mezo', ZoRecipe> = {
     steps: 500,
     batchSize: 16,
     notes:
-      'the lr that works shrinks with the parameter count: 1e-4 is the best of {5e-5, 1e-4, 2e-4} on the 0.26M/0.66M checkpoints here (bench/outcomes/sparse-mezo.ts); ~1e-6 on billions',
+      'the lr that works shrinks with the parameter count: of {5e-5, 1e-4, 2e-4} over 300 steps, 1e-4 is best on stories260K and 2e-4 (the top of the grid) on tinystories-656K (bench/results/outcomes-sparse-mezo.md); ~1e-6 on billions',
   },
   'sparse-mezo': {
     source:
@@ -48,7 +48,7 @@ export const ZO_RECIPES: Record<'mezo' | 'sparse-mezo', ZoRecipe> = {
     batchSize: 16,
     sparsity: DEFAULT_SPARSITY,
     notes:
-      'Sparse-MeZO trains 5x fewer weights and takes a larger lr; 5e-4 is the best of {2e-4, 5e-4, 1e-3} on the tiny checkpoints here (bench/outcomes/sparse-mezo.ts)',
+      'Sparse-MeZO trains 5x fewer weights and takes a larger lr; of {2e-4, 5e-4, 1e-3} over 300 steps, 5e-4 is best on stories260K and 1e-3 (the top of the grid) on tinystories-656K (bench/results/outcomes-sparse-mezo.md)',
   },
 };
 
