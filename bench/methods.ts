@@ -27,7 +27,7 @@ import { LLAMA_30M, randomModel } from '../src/models/random.js';
 import { Trainer } from '../src/train/trainer.js';
 import { table, writeResults } from './util.js';
 import { comparePerToken, fixedMaskPat, prunedModel, type PairedPerToken } from './per-token.js';
-import { compare, compareTable, ISSUE_WORKS, torchAvailable, type CompareRow } from './vs-torch.js';
+import { compare, compareTable, ISSUE_WORKS, SCALE_CASES, torchAvailable, type CompareRow } from './vs-torch.js';
 
 const root = join(import.meta.dirname, '..');
 const threads = Number(process.env.SPARSETUNE_THREADS ?? 2);
@@ -183,14 +183,7 @@ try {
     issueRows.push(...(await compare({ model: 'llama38m', works: ISSUE_WORKS, batch: 4, seq: 256, threads, rounds: torchRounds, steps: torchSteps, tmp: issueTmp, needGb: 5 })));
   }
   if (process.env.BENCH_SCALE === '1') {
-    // Scale: one run at a time, each waiting for the memory it needs.
-    const scaleWorks = [
-      { label: 'LoRA q,v r8 step', method: 'lora', torch: 'lora' as const },
-      { label: 'S2FT step', method: 's2ft' },
-      { label: 'full fine-tuning step', method: 'full', torch: 'full' as const },
-    ];
-    issueRows.push(...(await compare({ model: 'llama135m', works: scaleWorks, batch: 4, seq: 256, threads, rounds: 1, steps: 2, tmp: issueTmp, needGb: 6 })));
-    issueRows.push(...(await compare({ model: 'qwen05b', works: scaleWorks, batch: 2, seq: 256, threads, rounds: 1, steps: 2, tmp: issueTmp, needGb: 13 })));
+    for (const scale of SCALE_CASES) issueRows.push(...(await compare({ ...scale, threads, tmp: issueTmp })));
   }
 } finally {
   rmSync(issueTmp, { recursive: true, force: true });

@@ -163,14 +163,43 @@ export function compareTable(rows: CompareRow[]): string {
   );
 }
 
+const SCALE_WORKS: Work[] = [
+  { label: 'LoRA q,v r8 step', method: 'lora', torch: 'lora' },
+  { label: 'S2FT step', method: 's2ft' },
+  { label: 'full fine-tuning step', method: 'full', torch: 'full' },
+];
+/** The issue's scale rows (SmolLM-135M and Qwen2.5-0.5B geometries, random weights): one round each, one run at a time, each waiting for the memory it needs. */
+export const SCALE_CASES = [
+  { model: 'llama135m', works: SCALE_WORKS, batch: 4, seq: 256, rounds: 1, steps: 2, needGb: 6 },
+  { model: 'qwen05b', works: SCALE_WORKS, batch: 2, seq: 256, rounds: 1, steps: 2, needGb: 13 },
+] as const;
+
 /**
  * Run directly for the issue's rows alone (no per-method rows), into bench/results/vs-torch.md:
  *   SPARSETUNE_THREADS=2 node --import tsx bench/vs-torch.ts
+ * or, with VS_TORCH_SCALE=1, for the scale rows alone (135M and 0.5B geometries; minutes, ~13 GB
+ * free for 0.5B) into bench/results/vs-torch-scale.md, written again after each model.
  */
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const threads = Number(process.env.SPARSETUNE_THREADS ?? 2);
   const tmp = mkdtempSync(join(tmpdir(), 'bench-vs-torch-'));
   try {
+    if (process.env.VS_TORCH_SCALE === '1') {
+      const rows: CompareRow[] = [];
+      for (const scale of SCALE_CASES) {
+        rows.push(...(await compare({ ...scale, threads, tmp })));
+        const md = [
+          `## sparsetune vs PyTorch 1.13 (OpenBLAS): scale rows (threads=${threads})`,
+          '',
+          'SmolLM-135M geometry (batch 4x256) and Qwen2.5-0.5B geometry (batch 2x256), random weights, AdamW, one round of 2 steps after warm-up; each measurement its own process. Command: `VS_TORCH_SCALE=1 SPARSETUNE_THREADS=2 node --import tsx bench/vs-torch.ts`.',
+          '',
+          compareTable(rows),
+        ].join('\n');
+        writeResults('vs-torch-scale', { threads, rows }, md);
+      }
+      rmSync(tmp, { recursive: true, force: true });
+      process.exit(0);
+    }
     const rows = await compare({
       model: 'llama38m',
       works: ISSUE_WORKS,
