@@ -67,6 +67,27 @@ function expectOnlySlicesChanged(model: CausalLM, before: Map<string, Float32Arr
   }
 }
 
+/**
+ * The trained model's logits equal the base with the exported (structured) adapter fused, only the
+ * selected slices changed, and reverting restores every weight bit for bit.
+ */
+async function expectFusedMatchesTrained(model: CausalLM, s2: S2ftMethod): Promise<void> {
+  const trained = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: paramFeeds(s2.params()) });
+  const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
+  const adapter = s2.export(model);
+  expect(adapter.meta.kind).toBe('structured');
+  const patcher = new WeightPatcher(model.weights);
+  const h = patcher.apply(adapter);
+  const fused = await model.logits(IDS);
+  // 1e-5 relative to the logit scale (|logits| reach ~15 here, where one f32 ulp is ~1e-6);
+  // the absolute 1e-5 check runs on the small-logit fixture in the co-permutation test.
+  const scale = Math.max(1, ...Array.from(fused.data, (v) => Math.abs(Number(v))));
+  expect(maxDiff(fused, trained)).toBeLessThan(1e-5 * scale);
+  expectOnlySlicesChanged(model, before, adapter);
+  patcher.revert(h);
+  for (const [k, v] of model.weights) expect(sameBits(v.data, before.get(k)!)).toBe(true);
+}
+
 describe('S2FT', () => {
   it('lowers held-out loss; fused == trained; only the selected slices change; revert is exact', async () => {
     const model = await CausalLM.load(bundledModelPath());
@@ -83,21 +104,7 @@ describe('S2FT', () => {
     const res = await trainer.train(train, held);
     expect(res.finalEval!.loss).toBeLessThan(res.initialEval!.loss - 0.05);
 
-    const trained = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: paramFeeds(s2.params()) });
-    const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
-    const adapter = s2.export(model);
-    expect(adapter.meta.kind).toBe('structured');
-    const patcher = new WeightPatcher(model.weights);
-    const h = patcher.apply(adapter);
-    const fused = await model.logits(IDS);
-    // 1e-5 relative to the logit scale (|logits| reach ~15 here, where one f32 ulp is ~1e-6);
-    // the absolute 1e-5 check runs on the small-logit fixture in the co-permutation test.
-    const scale = Math.max(1, ...Array.from(fused.data, (v) => Math.abs(Number(v))));
-    expect(maxDiff(fused, trained)).toBeLessThan(1e-5 * scale);
-
-    expectOnlySlicesChanged(model, before, adapter);
-    patcher.revert(h);
-    for (const [k, v] of model.weights) expect(sameBits(v.data, before.get(k)!)).toBe(true);
+    await expectFusedMatchesTrained(model, s2);
   });
 
   it('with its defaults and recipe on tinystories-656K: fused == trained and only the selected rows/cols change', async () => {
@@ -107,17 +114,7 @@ describe('S2FT', () => {
     expect(s2.selection.o.flat().length + s2.selection.down.flat().length).toBeGreaterThan(0);
     // The recipe's optimizer and schedule; a short run for CI time.
     await new Trainer(model, s2, { ...recipeTrainerConfig(recipe), steps: 10, batchSize: 4 }).train(data);
-    const trained = await model.logits(IDS, { hooks: s2.hooks(), extraFeeds: paramFeeds(s2.params()) });
-    const before = new Map([...model.weights].map(([k, v]) => [k, v.data.slice()]));
-    const adapter = s2.export(model);
-    const patcher = new WeightPatcher(model.weights);
-    const h = patcher.apply(adapter);
-    const fused = await model.logits(IDS);
-    const scale = Math.max(1, ...Array.from(fused.data, (v) => Math.abs(Number(v))));
-    expect(maxDiff(fused, trained)).toBeLessThan(1e-5 * scale);
-    expectOnlySlicesChanged(model, before, adapter);
-    patcher.revert(h);
-    for (const [k, v] of model.weights) expect(sameBits(v.data, before.get(k)!)).toBe(true);
+    await expectFusedMatchesTrained(model, s2);
   }, 60_000);
 
   it('forms no gradient for any base weight in the training graph (only the deltas are differentiated)', async () => {
